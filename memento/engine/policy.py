@@ -1,0 +1,99 @@
+"""The one `EvictionPolicy`, and the eviction schedule it implies for a labelled sequence.
+
+The schedule answers, for every token, "which is the first query that no longer sees this token's KV?". The
+training mask (`visible[q, k] = k <= q < evicted_at[k]`), the engines (free token k's KV just before feeding
+token `evicted_at[k]`) and the KV simulator (occupancy = tokens fed and not yet evicted) all read it, so they agree
+by construction.
+
+Rules (keep_last_n_blocks = N >= 0):
+- Block i's content is evicted when `<|summary_end|>` of block i + N is *sampled*, before that token is fed: the
+  `<|summary_end|>` token itself does not see the evicted block.
+- `mask_delimiters`: the block's `<|block_start|>` and `<|block_end|>` (and the newline after it) go with it;
+  otherwise they stay visible (the paper's Qwen3 / OLMo-3 setting). Memento delimiters always stay.
+- `keep_last_block_for_answer` (N = 0): the last block stays visible to `</think>` and the answer. Which block is
+  last is only known when `</think>` is sampled, so block i is evicted when the next `<|block_start|>` is sampled
+  instead of at its own `<|summary_end|>`. With N >= 1 the last N blocks survive anyway.
+- `restart` evicts on the same schedule and, in addition, recomputes each memento's KV without its block (the
+  engines and masks read the flag); the KV occupancy is the same.
+- `max_block_tokens` / `max_blocks` steer generation (force `<|block_end|>` / `</think>`), not eviction.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from memento.errors import MementoError
+from memento.spans import Kind, Spans
+
+NEVER = np.iinfo(np.int64).max  # "not evicted within this sequence"
+
+
+@dataclass(frozen=True, slots=True)
+class EvictionPolicy:
+    keep_last_n_blocks: int = 0  # -1: keep everything (plain decoding); 0: evict each block; N: keep the last N
+    mask_delimiters: bool = False
+    keep_last_block_for_answer: bool = False
+    restart: bool = False
+    max_block_tokens: int | None = None
+    max_blocks: int | None = None
+
+    def __post_init__(self):
+        if self.keep_last_n_blocks < -1:
+            raise MementoError(f"keep_last_n_blocks must be -1 (no eviction), 0 or N > 0, got {self.keep_last_n_blocks}")
+        if not self.evicts:
+            for flag in ("mask_delimiters", "keep_last_block_for_answer", "restart"):
+                if getattr(self, flag):
+                    raise MementoError(f"{flag} needs eviction, but keep_last_n_blocks is -1 (no eviction)")
+        for name in ("max_block_tokens", "max_blocks"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise MementoError(f"{name} must be a positive integer or unset, got {value}")
+
+    @property
+    def evicts(self) -> bool:
+        return self.keep_last_n_blocks >= 0
+
+    @classmethod
+    def named(cls, name: str, **flags) -> EvictionPolicy:
+        """`full` (no eviction) or `keepN` (keep the last N finished blocks, `keep0` = the paper's default)."""
+        match = re.fullmatch(r"keep(\d+)", name)
+        if name == "full":
+            return cls(keep_last_n_blocks=-1, **flags)
+        if match is None:
+            raise MementoError(f"unknown policy '{name}': use full, keep0, keep1 or keepN with N a number")
+        return cls(keep_last_n_blocks=int(match.group(1)), **flags)
+
+
+def eviction_schedule(spans: Spans, policy: EvictionPolicy) -> np.ndarray:
+    """(T,) int64: index of the first query that no longer sees each token; NEVER if none in the sequence."""
+    out = np.full(len(spans), NEVER, dtype=np.int64)
+    if not policy.evicts:
+        return out
+    n = spans.n_blocks
+    triggers = np.full(n, -1, dtype=np.int64)  # when block i goes, -1: not (yet) in this sequence
+    keep = policy.keep_last_n_blocks
+    if keep == 0 and policy.keep_last_block_for_answer:
+        triggers[: n - 1] = spans.first(Kind.BLOCK_START)[1:]
+    else:
+        triggers[: max(n - keep, 0)] = spans.first(Kind.SUMMARY_END)[keep:]
+    evictable = spans.kind == Kind.BLOCK
+    if policy.mask_delimiters:
+        evictable |= (spans.kind == Kind.BLOCK_START) | (spans.kind == Kind.BLOCK_END)
+    idx = np.flatnonzero(evictable)
+    when = triggers[spans.block[idx]]
+    out[idx[when >= 0]] = when[when >= 0]
+    return out
+
+
+def visible(schedule: np.ndarray, pad: np.ndarray | None = None) -> np.ndarray:
+    """(T, T) bool: query q sees key k. The slow, obviously-correct form of the Memento attention rule."""
+    n = len(schedule)
+    q = np.arange(n)[:, None]
+    k = np.arange(n)[None, :]
+    mask = (k <= q) & (q < schedule[None, :])
+    if pad is not None:
+        mask &= ~pad[None, :]
+    return mask

