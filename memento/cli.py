@@ -44,7 +44,8 @@ def main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ):
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
@@ -126,7 +127,9 @@ def kv(
     model: Annotated[str, typer.Option(help="A preset (qwen3-8b, qwen3-32b, ...) or a Hugging Face model folder.")],
     policy: Annotated[str, typer.Option(help="full, keep0 (evict every block), keep1, or keepN.")] = "keep0",
     mask_delimiters: Annotated[bool, typer.Option(help="Evict block delimiters with the block.")] = False,
-    keep_last_block_for_answer: Annotated[bool, typer.Option(help="The last block stays visible to the answer.")] = False,
+    keep_last_block_for_answer: Annotated[
+        bool, typer.Option(help="The last block stays visible to the answer.")
+    ] = False,
     restart: Annotated[bool, typer.Option(help="Strict forgetting (same KV occupancy as keepN).")] = False,
     tokenizer: Annotated[str | None, typer.Option(help="Override the tokenizer: qwen, smollm2 or a folder.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write the KV sawtooth of one trace to this PNG.")] = None,
@@ -136,7 +139,7 @@ def kv(
 ):
     """Peak KV and KV AUC of traces under a Memento policy vs full attention, by token replay."""
     from memento.engine.policy import EvictionPolicy
-    from memento.kv import KVGeometry, PRESETS, compare, plot_sawtooth, preset
+    from memento.kv import PRESETS, KVGeometry, compare, plot_sawtooth, preset
     from memento.tokenizer import load_tokenizer
 
     flags = dict(
@@ -177,7 +180,8 @@ def kv(
         out.print_json(json.dumps(result))
         return
     gib = 1e9
-    out.print(f"{len(traces)} trace(s), {geometry.name} ({geometry.bytes_per_token / 1024:g} KiB/token), policy {policy}")
+    kib = geometry.bytes_per_token / 1024
+    out.print(f"{len(traces)} trace(s), {geometry.name} ({kib:g} KiB/token), policy {policy}")
     out.print(
         f"peak KV: full {result['full_peak_bytes'] / gib:.3f} GB -> memento {result['memento_peak_bytes'] / gib:.3f} GB"
         f"  ({result['peak_ratio']:.2f}x lower)"
@@ -211,5 +215,6 @@ def demo(
     out.rule("memento inspect")
     inspect(EXAMPLE, tokenizer="qwen", as_json=False, lenient=False)
     out.rule("memento kv --model qwen3-8b")
+    plot = out_dir / "kv_sawtooth.png"
     kv(EXAMPLE, model="qwen3-8b", policy="keep0", mask_delimiters=False, keep_last_block_for_answer=False,
-       restart=False, tokenizer=None, plot=out_dir / "kv_sawtooth.png", index=0, as_json=False, lenient=False)  # fmt: skip
+       restart=False, tokenizer=None, plot=plot, index=0, as_json=False, lenient=False)  # fmt: skip

@@ -11,6 +11,7 @@ segments object. Every error names the file, the line or item, and the field.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -113,13 +114,14 @@ def _attach_sentences(trace: Trace, row: dict, where: str) -> None:
             raise MementoError(f"{where}: field 'block_summaries'[{i}] differs from memento {i + 1} of the response")
     # Accept end-exclusive ranges too (each range ending where the next starts); store them inclusive.
     exclusive = bool(ranges) and (
-        all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])) and ranges[-1][1] == len(sentences)
+        all(a[1] == b[0] for a, b in itertools.pairwise(ranges)) and ranges[-1][1] == len(sentences)
     )
     trace.sentences = [str(s) for s in sentences]
     trace.block_ranges = [(int(s), int(e) - 1) if exclusive else (int(s), int(e)) for s, e in ranges]
     for i, (s, e) in enumerate(trace.block_ranges):
         if not 0 <= s <= e < len(sentences):
-            raise MementoError(f"{where}: field 'blocks'[{i}] = {list(ranges[i])} is outside the {len(sentences)} sentences")
+            n = len(sentences)
+            raise MementoError(f"{where}: field 'blocks'[{i}] = {list(ranges[i])} is outside the {n} sentences")
 
 
 def row_from_trace(trace: Trace, config: str = "default") -> dict:

@@ -59,7 +59,12 @@ _STRUCTURAL_KIND = {
     SUMMARY_END: Kind.SUMMARY_END,
     THINK_END: Kind.THINK_END,
 }
-_CONTENT_KIND = {State.OUTSIDE: Kind.PROMPT, State.BLOCK: Kind.BLOCK, State.MEMENTO: Kind.SUMMARY, State.ANSWER: Kind.ANSWER}
+_CONTENT_KIND = {
+    State.OUTSIDE: Kind.PROMPT,
+    State.BLOCK: Kind.BLOCK,
+    State.MEMENTO: Kind.SUMMARY,
+    State.ANSWER: Kind.ANSWER,
+}
 
 
 @dataclass(frozen=True, slots=True)

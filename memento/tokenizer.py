@@ -58,8 +58,7 @@ class Encoded(NamedTuple):
 
 def add_memento_tokens(tokenizer, chat_template: str | None = CHATML_TEMPLATE) -> list[str]:
     """Add the Memento special tokens that `tokenizer` lacks and set its chat template; return those added."""
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    missing = [t for t, i in zip(SPECIAL_TOKENS, _token_ids(tokenizer, SPECIAL_TOKENS), strict=True) if i is None]
     if missing:
         tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
     if chat_template is not None:
@@ -69,21 +68,30 @@ def add_memento_tokens(tokenizer, chat_template: str | None = CHATML_TEMPLATE) -
 
 def memento_ids(tokenizer) -> MementoIds:
     """The ids of the six special tokens; a clear error with the fix when some are missing."""
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    found = dict(zip(SPECIAL_TOKENS, _token_ids(tokenizer, SPECIAL_TOKENS), strict=True))
+    missing = [t for t, i in found.items() if i is None]
     if missing:
         raise MissingTokensError(
             f"the tokenizer has no {', '.join(missing)}: add them with memento.tokenizer.add_memento_tokens "
             "(and init_memento_embeddings for the model), or pass --add-tokens"
         )
     return MementoIds(
-        think_start=vocab[THINK_START],
-        think_end=vocab[THINK_END],
-        block_start=vocab[BLOCK_START],
-        block_end=vocab[BLOCK_END],
-        summary_start=vocab[SUMMARY_START],
-        summary_end=vocab[SUMMARY_END],
+        think_start=found[THINK_START],
+        think_end=found[THINK_END],
+        block_start=found[BLOCK_START],
+        block_end=found[BLOCK_END],
+        summary_start=found[SUMMARY_START],
+        summary_end=found[SUMMARY_END],
     )
+
+
+def _token_ids(tokenizer, tokens) -> list[int | None]:
+    """Ids of whole tokens, None where the vocabulary lacks one (cheap: no copy of a 150K-entry vocabulary)."""
+    ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    unk = tokenizer.unk_token_id
+    return [
+        None if i is None or (i == unk and t != tokenizer.unk_token) else i for t, i in zip(tokens, ids, strict=True)
+    ]
 
 
 def related_ids(tokenizer, words) -> list[int]:
@@ -118,10 +126,8 @@ def _init_rows(model, tokenizer, tokens, sigma: float, seed: int) -> dict[str, i
     if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
         matrices.append(output.weight)
     generator = torch.Generator().manual_seed(seed)
-    vocab = tokenizer.get_vocab()
     written = {}
-    for token in tokens:
-        row = vocab[token]
+    for token, row in zip(tokens, _token_ids(tokenizer, tokens), strict=True):
         related = related_ids(tokenizer, RELATED_WORDS[token])
         for weight in matrices:
             mean = weight[related].float().mean(dim=0)

@@ -42,7 +42,8 @@ class EvictionPolicy:
 
     def __post_init__(self):
         if self.keep_last_n_blocks < -1:
-            raise MementoError(f"keep_last_n_blocks must be -1 (no eviction), 0 or N > 0, got {self.keep_last_n_blocks}")
+            got = self.keep_last_n_blocks
+            raise MementoError(f"keep_last_n_blocks must be -1 (no eviction), 0 or N > 0, got {got}")
         if not self.evicts:
             for flag in ("mask_delimiters", "keep_last_block_for_answer", "restart"):
                 if getattr(self, flag):

@@ -1,0 +1,41 @@
+"""Shared fixtures: the real Qwen3 tokenizer, SmolLM2-135M, and the paper's example traces (via ../shared)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from memento.format import Block, Trace
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "memento-examples"
+AIME_TRACE = SHARED / "memento_trace_aime25_p5.json"
+RAW_TRACE = SHARED / "raw_trace_ot3.jsonl"
+
+
+@pytest.fixture(scope="session")
+def shared_examples() -> Path:
+    assert AIME_TRACE.exists(), f"the paper's example traces are expected at {SHARED} (../shared beside the clone)"
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def qwen():
+    """The Qwen3 vocabulary as an HF tokenizer, with the Memento tokens and the ChatML template."""
+    from memento.tokenizer import load_tokenizer
+
+    return load_tokenizer("qwen")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    from memento.assets import smollm2_dir
+
+    return smollm2_dir()
+
+
+def small_trace(n_blocks: int = 3) -> Trace:
+    blocks = [
+        Block(f"Step {i}: compute {i} * {i} = {i * i}. Then check it.", f"{i}^2={i * i}") for i in range(n_blocks)
+    ]
+    return Trace("What is the sum of the first squares?", blocks, "The answer is \\boxed{5}.")
