@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import track
 from rich.table import Table
 
@@ -26,8 +27,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True, markup=False)  # never wrap or restyle paths
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 EXAMPLE = Path(__file__).parent / "examples" / "worked_example.json"
 
 
@@ -57,7 +58,7 @@ def _user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except MementoError as e:
-            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}")
             raise typer.Exit(2) from None
 
     return wrapper

@@ -1,0 +1,95 @@
+"""The real console script, run as a user would: exit codes, one-line errors, JSON keys, files written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import AIME_TRACE
+
+MEMENTO = str(Path(sys.executable).parent / "memento")
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([MEMENTO, *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_version_and_help_on_every_command():
+    assert run("--version").stdout.startswith("memento ")
+    for command in ("inspect", "kv", "demo"):
+        assert "Usage: memento " + command in run(command, "--help").stdout
+
+
+def test_kv_on_paper_trace(tmp_path, shared_examples):
+    plot = tmp_path / "kv.png"
+    result = json.loads(run("kv", str(AIME_TRACE), "--model", "qwen3-8b", "--plot", str(plot), "--json").stdout)
+    keys = (
+        "full_peak_bytes",
+        "memento_peak_bytes",
+        "peak_ratio",
+        "full_auc_gb_ktok",
+        "memento_auc_gb_ktok",
+        "auc_ratio",
+    )
+    assert all(k in result for k in keys)
+    assert 1.5 <= result["peak_ratio"] <= 2.5
+    assert result["full_peak_bytes"] == 5545 * 144 * 1024  # tokens counted with the real Qwen tokenizer
+    assert plot.read_bytes()[:4] == b"\x89PNG" and result["plot"] == str(plot)
+    keep1 = json.loads(run("kv", str(AIME_TRACE), "--model", "qwen3-8b", "--policy", "keep1", "--json").stdout)
+    assert 1 < keep1["peak_ratio"] < result["peak_ratio"]
+
+
+def test_inspect_json_keys_per_trace(shared_examples):
+    result = json.loads(run("inspect", str(AIME_TRACE), "--json").stdout)
+    [trace] = result["traces"]
+    assert trace["blocks"] == 5
+    assert trace["block_tokens"] == [638, 450, 602, 1986, 517]
+    assert len(trace["memento_tokens"]) == 5
+    assert 0.05 < trace["compression_ratio"] < 0.3
+
+
+def test_kv_with_hf_model_folder(smollm2_dir, shared_examples):
+    result = json.loads(run("kv", str(AIME_TRACE), "--model", str(smollm2_dir), "--json").stdout)
+    assert result["model"] == smollm2_dir.name and result["bytes_per_token"] == 30 * 2 * 3 * 64 * 2
+    assert result["peak_ratio"] > 1.5
+
+
+def test_demo_writes_the_plot(tmp_path):
+    proc = run("demo", "--out", str(tmp_path))
+    assert (tmp_path / "kv_sawtooth.png").exists()
+    assert "plot: " + str(tmp_path / "kv_sawtooth.png") in proc.stdout
+    assert "lower" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "content", "message"),
+    [
+        (["inspect", "{f}"], '{"problem": "p", "response": "<think><|block_start|>x</think>A"}\n',
+         "unclosed block: </think> before <|block_end|> (at character 23)"),
+        (["kv", "{f}", "--model", "qwen9"], '{"problem": "p", "response": "<think></think>A"}\n',
+         "unknown model preset 'qwen9'"),
+        (["inspect", "{f}/nope.jsonl"], None, "cannot read"),
+        (["kv", "{f}", "--model", "qwen3-8b", "--policy", "keepall"], "{}", "unknown policy 'keepall'"),
+        (["kv", "{f}", "--model", "qwen3-8b", "--policy", "full", "--restart"], "{}", "restart needs eviction"),
+        (["inspect", "{f}"], "{oops\n", "invalid JSON"),
+        (["inspect", "{f}"], json.dumps({"problem": "p", "response": "<think><|block_start|>a<|block_end|>"
+                                         "<|summary_start|>m<|summary_end|></think>", "sentences": ["a"],
+                                         "blocks": [[0, 3]], "block_summaries": ["m"]}),
+         "field 'blocks'[0] = [0, 3] is outside the 1 sentences"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, content, message):
+    f = tmp_path / "rows.jsonl"
+    if content is not None:
+        f.write_text(content)
+    proc = run(*[a.replace("{f}", str(f if "nope" not in a else tmp_path)) for a in args], check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
