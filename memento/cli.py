@@ -207,6 +207,57 @@ def _mean_summary(per_trace: list[dict]) -> dict:
     return {"n_traces": n, **mean}
 
 
+data_app = typer.Typer(help="Build Memento training data from raw reasoning traces.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _shard(value: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise typer.BadParameter("use i/N, e.g. 0/4") from None
+    return i, n
+
+
+@data_app.command("build")
+@_user_errors
+def data_build(
+    input: Annotated[str, typer.Argument(help="JSONL/Parquet with problem + cot/response, or 'champ'.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder; re-running resumes.")],
+    backend: Annotated[str, typer.Option(help="offline (heuristic scorer, extractive compressor, rule judge).")] = (
+        "offline"
+    ),
+    tokenizer: Annotated[str, typer.Option(help="Token counter: qwen, smollm2 or a model folder.")] = "qwen",
+    workers: Annotated[int, typer.Option(help="Traces processed concurrently.")] = 1,
+    shard: Annotated[str, typer.Option(help="i/N: process every N-th trace starting at i.")] = "0/1",
+    limit: Annotated[int | None, typer.Option(help="Process at most this many traces (of this shard).")] = None,
+    rounds: Annotated[int, typer.Option(help="Judge -> revise rounds for mementos scoring below 8.")] = 2,
+    min_block_tokens: Annotated[int, typer.Option(help="Smallest block.")] = 200,
+    max_block_tokens: Annotated[int, typer.Option(help="Largest block; 0 for no cap.")] = 1536,
+    lam: Annotated[float, typer.Option("--lambda", help="Weight of the block-length CV in the objective.")] = 0.5,
+):
+    """Turn raw traces into OpenMementos rows (+ stats.json, report.md); resumable."""
+    from memento.data.pipeline import Config, build
+
+    config = Config(
+        backend=backend, tokenizer=tokenizer, min_block_tokens=min_block_tokens,
+        max_block_tokens=max_block_tokens or None, lam=lam, rounds=rounds, workers=workers, shard=_shard(shard),
+        limit=limit,
+    )  # fmt: skip
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress("building", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err) as bar:
+        task = bar.add_task("build", total=None)
+        stats = build(
+            input, out_dir, config, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
+    out.print(
+        f"{stats['succeeded']} traces built, {stats['failed']} failed -> {out_dir / 'openmementos.jsonl'}; "
+        f"median {stats['blocks_per_trace'].get('median', 0):g} blocks per trace, compression per trace "
+        f"{stats['compression_per_trace'].get('mean', 0):.3f}; report: {out_dir / 'report.md'}"
+    )
+
+
 @app.command()
 @_user_errors
 def demo(

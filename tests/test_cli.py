@@ -22,8 +22,8 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def test_version_and_help_on_every_command():
     assert run("--version").stdout.startswith("memento ")
-    for command in ("inspect", "kv", "demo"):
-        assert "Usage: memento " + command in run(command, "--help").stdout
+    for command in ("inspect", "kv", "demo", "data build"):
+        assert "Usage: memento " + command in run(*command.split(), "--help").stdout
 
 
 def test_kv_on_paper_trace(tmp_path, shared_examples):

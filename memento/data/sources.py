@@ -1,0 +1,94 @@
+"""Raw reasoning traces to build Memento data from.
+
+- JSONL / Parquet files with `problem` and `cot` or `response` (OpenThoughts style: `<think>...</think>answer`);
+  an id from `task_id` / `id` when present, `domain` / `source` / `difficulty` kept.
+- `champ`: the champ-dataset package's LLM-written solutions to 270 competition problems (real text, offline);
+  the solution is the reasoning, the model's one-sentence summary the answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+from memento.errors import MementoError
+
+KEEP = ("domain", "source", "difficulty")
+
+
+class RawTrace(NamedTuple):
+    id: str
+    problem: str
+    reasoning: str  # the chain of thought, without <think> tags
+    answer: str
+    metadata: dict
+
+
+def split_think(text: str) -> tuple[str, str]:
+    """(reasoning, answer) of `<think>reasoning</think>answer`; all reasoning when there are no tags."""
+    start = text.find("<think>")
+    end = text.find("</think>")
+    if end < 0:
+        return text[start + len("<think>") :] if start >= 0 else text, ""
+    return text[start + len("<think>") if start >= 0 else 0 : end], text[end + len("</think>") :].strip()
+
+
+def iter_raw(spec: str) -> Iterator[RawTrace]:
+    if spec == "champ":
+        yield from _champ()
+        return
+    path = Path(spec)
+    if not path.exists():
+        raise MementoError(f"{spec}: no such file (give a JSONL/Parquet file of traces, or 'champ')")
+    for n, row in _rows(path):
+        where = f"{path}:{n}"
+        if not isinstance(row, dict) or not isinstance(row.get("problem"), str):
+            raise MementoError(f"{where}: expected an object with a string field 'problem'")
+        text = row.get("cot", row.get("response"))
+        if not isinstance(text, str):
+            raise MementoError(f"{where}: missing field 'cot' or 'response' (the raw chain of thought)")
+        reasoning, answer = split_think(text)
+        rid = str(row.get("task_id", row.get("id", f"{path.stem}-{n}")))
+        yield RawTrace(rid, row["problem"], reasoning, answer, {k: row[k] for k in KEEP if k in row})
+
+
+def _rows(path: Path) -> Iterator[tuple[int, object]]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:
+            raise MementoError(f"{path}: cannot read as Parquet: {e}") from None
+        yield from enumerate(rows, 1)
+        return
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise MementoError(f"{path}: cannot read: {e}") from None
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise MementoError(f"{path}:{n}: invalid JSON: {e.msg}") from None
+
+
+def _champ() -> Iterator[RawTrace]:
+    try:
+        import champ_dataset
+    except ImportError:
+        raise MementoError("the 'champ' source needs the champ-dataset package (pip install champ-dataset)") from None
+    dataset = champ_dataset.load("v0")
+    for pid in sorted(dataset.problems):
+        problem = dataset.problems[pid]
+        for key in sorted(problem.conversations):
+            replies = [m for m in problem.conversations[key].messages if m.role.startswith("Model") and not m.error]
+            if not replies or not replies[0].text.strip():
+                continue
+            answer = replies[1].text.strip() if len(replies) > 1 else ""
+            model, prompt = key.split("|", 1)
+            metadata = {"domain": "math", "source": f"champ/{model}/{prompt}", "difficulty": problem.category}
+            yield RawTrace(f"champ-{pid}-{key}", problem.text, replies[0].text, answer, metadata)

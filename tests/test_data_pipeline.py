@@ -1,0 +1,98 @@
+"""The offline data pipeline end to end: real traces, resume after kill -9, shards, refusals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import RAW_TRACE
+
+from memento.data.pipeline import Config, build
+from memento.errors import MementoError
+from memento.format import parse
+from memento.rows import read_traces
+from memento.spans import Kind
+from memento.stats import label_trace
+
+MEMENTO = str(Path(sys.executable).parent / "memento")
+OUTPUTS = ("openmementos.jsonl", "openmementos-full.jsonl", "openmementos.parquet", "openmementos-full.parquet",
+           "stats.json", "report.md")  # fmt: skip
+
+
+def test_offline_end_to_end_on_real_qwq_trace(tmp_path, qwen, shared_examples):
+    stats = build(str(RAW_TRACE), tmp_path, Config())
+    assert stats["succeeded"] == 1 and stats["failed"] == 0
+    [trace] = read_traces(tmp_path / "openmementos.jsonl")
+    assert len(trace.blocks) >= 3 and all(b.memento for b in trace.blocks)
+    row = json.loads((tmp_path / "openmementos.jsonl").read_text())
+    assert parse(row["response"]).blocks == trace.blocks  # the output parses with the format module
+    _, spans = label_trace(trace, qwen)
+    assert min(spans.count(Kind.BLOCK)) >= 200 - 2  # block edges lose only stripped whitespace tokens
+    assert 0 < stats["compression_per_trace"]["mean"] <= 0.2
+    assert stats["units_raw_per_trace"]["mean"] > stats["units_per_trace"]["mean"]
+    report = (tmp_path / "report.md").read_text()
+    assert "compression per trace" in report and (tmp_path / "histograms.png").exists()
+    full = read_traces(tmp_path / "openmementos-full.parquet")[0]
+    assert "".join(full.sentences).strip().startswith(trace.blocks[0].text[:50])
+
+
+def test_resume_after_kill_9_is_byte_identical(tmp_path):
+    args = ["data", "build", "champ", "--limit", "100", "--workers", "2"]
+    whole = tmp_path / "whole"
+    subprocess.run([MEMENTO, *args, "--out", str(whole)], check=True, capture_output=True, timeout=600)
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([MEMENTO, *args, "--out", str(cut)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = cut / "journal.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not journal.exists() or journal.read_bytes().count(b"\n") < 30):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = journal.read_bytes().count(b"\n")
+    assert 30 <= done < 100, "the kill must land in the middle of the run"
+    with journal.open("ab") as f:
+        f.write(b'{"index": 99, "id": "torn')  # what a kill in the middle of a write leaves
+    subprocess.run([MEMENTO, *args, "--out", str(cut)], check=True, capture_output=True, timeout=600)
+    ids = [json.loads(line)["index"] for line in journal.read_text().splitlines()]
+    assert sorted(ids) == list(range(100))  # none lost, none done twice
+    for name in OUTPUTS:
+        assert (cut / name).read_bytes() == (whole / name).read_bytes(), name
+
+
+def test_shards_partition_the_input(tmp_path):
+    ids = []
+    for i in range(2):
+        build("champ", tmp_path / str(i), Config(shard=(i, 2), limit=5))
+        ids += [t.metadata["id"] for t in read_traces(tmp_path / str(i) / "openmementos.jsonl")]
+    build("champ", tmp_path / "all", Config(limit=10))
+    expected = [t.metadata["id"] for t in read_traces(tmp_path / "all" / "openmementos.jsonl")]
+    assert sorted(ids) == sorted(expected) and len(set(ids)) == 10
+
+
+def test_refusals(tmp_path):
+    build("champ", tmp_path, Config(limit=2))
+    with pytest.raises(MementoError, match="built with other settings \\(min_block_tokens\\)"):
+        build("champ", tmp_path, Config(limit=2, min_block_tokens=100))
+    with pytest.raises(MementoError, match="shard must be i/N"):
+        Config(shard=(2, 2))
+    with pytest.raises(MementoError, match="backend 'openai' is not available yet"):
+        Config(backend="openai")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "p"}\n')
+    with pytest.raises(MementoError, match=r"bad\.jsonl:1: missing field 'cot' or 'response'"):
+        build(str(bad), tmp_path / "out", Config())
+
+
+def test_outputs_load_with_datasets(tmp_path):
+    import datasets
+
+    build("champ", tmp_path, Config(limit=3))
+    for name in ("openmementos.jsonl", "openmementos-full.parquet"):
+        kind = "json" if name.endswith("jsonl") else "parquet"
+        ds = datasets.load_dataset(kind, data_files=str(tmp_path / name), split="train", cache_dir=str(tmp_path / "c"))
+        assert ds.num_rows == 3 and "response" in ds.column_names
