@@ -1,0 +1,84 @@
+"""Segmentation speed of the exact DP, and the offline pipeline's overhead per trace.
+
+Run: .venv/bin/python benchmarks/segmentation.py   (writes benchmarks/results/segmentation.md and .json)
+
+Units have the paper's average size after merging (~58 tokens: ~10,900 tokens / ~187 units), drawn from
+5-110 tokens; boundary scores are drawn 0-3 with the skew of the heuristic scorer on a real QwQ trace
+(15% 0, 39% 1, 21% 2, 26% 3); blocks of 200+ tokens, with and without the default 1,536-token cap.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from memento.data.pipeline import Config, build
+from memento.data.segment import segment
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results"
+RAW = ROOT.parent / "shared" / "data" / "memento-examples" / "raw_trace_ot3.jsonl"
+
+
+def timed(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    rng = np.random.default_rng(0)
+    segment([300, 300], [3.0])  # numba compile (cached on disk after the first run)
+    rows = []
+    for n in (100, 200, 400, 1000):
+        lengths = rng.integers(5, 111, n)
+        scores = rng.choice([0, 1, 2, 3], n - 1, p=[0.15, 0.39, 0.20, 0.26]).astype(float)
+        for cap in (None, 1536):
+            repeats = 3 if n < 1000 else 1
+            seconds = timed(lambda: segment(lengths, scores, 0.5, 200, cap), repeats)
+            seg = segment(lengths, scores, 0.5, 200, cap)
+            rows.append({"units": n, "tokens": int(lengths.sum()), "max_block_tokens": cap, "seconds": seconds,
+                         "blocks": len(seg.blocks)})  # fmt: skip
+            print(rows[-1])
+    pipeline = {}
+    for spec, limit in (("champ", 100), (str(RAW), None)):
+        if spec != "champ" and not RAW.exists():
+            continue
+        tmp = Path(tempfile.mkdtemp())
+        t0 = time.perf_counter()
+        stats = build(spec, tmp, Config(limit=limit))
+        pipeline[Path(spec).name] = {"traces": stats["traces"], "seconds": time.perf_counter() - t0}
+        shutil.rmtree(tmp)
+        print(pipeline)
+    OUT.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": f"{platform.machine()}, {platform.python_version()}", "date": time.strftime("%Y-%m-%d")}
+    (OUT / "segmentation.json").write_text(json.dumps({"meta": meta, "segment": rows, "pipeline": pipeline}, indent=1))
+    lines = [
+        "# Exact segmentation and offline pipeline speed",
+        "",
+        f"Command: `.venv/bin/python benchmarks/segmentation.py` ({meta['date']}, {meta['machine']}, 2 cores).",
+        "Targets (issue #3): <= 200 ms at 200 units, <= 1 s at 400 units.",
+        "",
+        "| units | tokens | max block tokens | seconds (best of 3) | blocks |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['units']} | {r['tokens']} | {r['max_block_tokens'] or 'none'} | {r['seconds']:.3f} | {r['blocks']} |"
+              for r in rows]  # fmt: skip
+    lines += ["", "| offline pipeline input | traces | seconds (incl. tokenizer load) | per trace |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['traces']} | {v['seconds']:.1f} | {v['seconds'] / v['traces']:.3f} |"
+              for k, v in pipeline.items()]  # fmt: skip
+    (OUT / "segmentation.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
