@@ -44,7 +44,7 @@ def main() -> None:
         scores = rng.choice([0, 1, 2, 3], n - 1, p=[0.15, 0.39, 0.20, 0.26]).astype(float)
         for cap in (None, 1536):
             repeats = 3 if n < 1000 else 1
-            seconds = timed(lambda: segment(lengths, scores, 0.5, 200, cap), repeats)
+            seconds = timed(lambda a=lengths, s=scores, c=cap: segment(a, s, 0.5, 200, c), repeats)
             seg = segment(lengths, scores, 0.5, 200, cap)
             rows.append({"units": n, "tokens": int(lengths.sum()), "max_block_tokens": cap, "seconds": seconds,
                          "blocks": len(seg.blocks)})  # fmt: skip
@@ -71,9 +71,14 @@ def main() -> None:
         "| units | tokens | max block tokens | seconds (best of 3) | blocks |",
         "|---|---|---|---|---|",
     ]
-    lines += [f"| {r['units']} | {r['tokens']} | {r['max_block_tokens'] or 'none'} | {r['seconds']:.3f} | {r['blocks']} |"
-              for r in rows]  # fmt: skip
-    lines += ["", "| offline pipeline input | traces | seconds (incl. tokenizer load) | per trace |", "|---|---|---|---|"]
+    for r in rows:
+        cap = r["max_block_tokens"] or "none"
+        lines.append(f"| {r['units']} | {r['tokens']} | {cap} | {r['seconds']:.3f} | {r['blocks']} |")
+    lines += [
+        "",
+        "| offline pipeline input | traces | seconds (incl. tokenizer load) | per trace |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {k} | {v['traces']} | {v['seconds']:.1f} | {v['seconds'] / v['traces']:.3f} |"
               for k, v in pipeline.items()]  # fmt: skip
     (OUT / "segmentation.md").write_text("\n".join(lines) + "\n")

@@ -224,9 +224,15 @@ def _shard(value: str) -> tuple[int, int]:
 def data_build(
     input: Annotated[str, typer.Argument(help="JSONL/Parquet with problem + cot/response, or 'champ'.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder; re-running resumes.")],
-    backend: Annotated[str, typer.Option(help="offline (heuristic scorer, extractive compressor, rule judge).")] = (
-        "offline"
-    ),
+    backend: Annotated[
+        str, typer.Option(help="offline (heuristic scorer, extractive compressor, rule judge) or openai.")
+    ] = "offline",
+    base_url: Annotated[str | None, typer.Option(help="openai: endpoint, e.g. http://127.0.0.1:8000/v1.")] = None,
+    model: Annotated[str | None, typer.Option(help="openai: model name (key from $OPENAI_API_KEY).")] = None,
+    two_pass: Annotated[bool, typer.Option(help="openai: score boundaries twice (windows 16, 11).")] = False,
+    timeout: Annotated[float, typer.Option(help="openai: seconds per request before a retry.")] = 120.0,
+    price_in: Annotated[float, typer.Option(help="Cost per million prompt tokens, for stats.")] = 0.0,
+    price_out: Annotated[float, typer.Option(help="Cost per million completion tokens, for stats.")] = 0.0,
     tokenizer: Annotated[str, typer.Option(help="Token counter: qwen, smollm2 or a model folder.")] = "qwen",
     workers: Annotated[int, typer.Option(help="Traces processed concurrently.")] = 1,
     shard: Annotated[str, typer.Option(help="i/N: process every N-th trace starting at i.")] = "0/1",
@@ -240,7 +246,8 @@ def data_build(
     from memento.data.pipeline import Config, build
 
     config = Config(
-        backend=backend, tokenizer=tokenizer, min_block_tokens=min_block_tokens,
+        backend=backend, base_url=base_url, model=model, two_pass=two_pass, timeout=timeout, price_in=price_in,
+        price_out=price_out, tokenizer=tokenizer, min_block_tokens=min_block_tokens,
         max_block_tokens=max_block_tokens or None, lam=lam, rounds=rounds, workers=workers, shard=_shard(shard),
         limit=limit,
     )  # fmt: skip
@@ -256,6 +263,8 @@ def data_build(
         f"median {stats['blocks_per_trace'].get('median', 0):g} blocks per trace, compression per trace "
         f"{stats['compression_per_trace'].get('mean', 0):.3f}; report: {out_dir / 'report.md'}"
     )
+    if stats["unfinished"]:
+        err.print(f"{stats['unfinished']} traces not finished (the LLM endpoint failed): re-run to retry them")
 
 
 @app.command()

@@ -8,6 +8,7 @@ derivation.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 
@@ -56,3 +57,63 @@ def apply_hard_rules(units: list[str], scores: list[float]) -> list[float]:
         if NO_CUT_AFTER.search(cur) or (CONTINUATION.match(nxt) and ENDS_WITH_MATH.search(cur)):
             out[b] = 0.0
     return out
+
+
+class LLMScorer:
+    """Scores boundaries with an LLM, in windows of `window` boundaries shown with `context` units around them.
+
+    Each window's reply must be `{"scores": [...]}` with one score 0-3 per boundary; up to 5 retries, then the
+    reply is repaired (padded / truncated with 0, clamped) and the repair counted. `two_pass` scores again with
+    windows of 11 (other window edges) and averages, giving scores in halves.
+    """
+
+    def __init__(self, backend, window: int = 16, two_pass: bool = False, context: int = 2, retries: int = 5):
+        self.backend, self.window, self.two_pass = backend, window, two_pass
+        self.context, self.retries = context, retries
+
+    def score(self, problem: str, units: list[str]) -> list[float]:
+        passes = [self._pass(problem, units, self.window)]
+        if self.two_pass:
+            passes.append(self._pass(problem, units, 11))
+        averaged = [sum(p[b] for p in passes) / len(passes) for b in range(len(units) - 1)]
+        return apply_hard_rules(units, averaged)
+
+    def _pass(self, problem: str, units: list[str], window: int) -> list[float]:
+        from memento.data.llm import _usage, ask, prompt
+
+        scores: list[float] = []
+        for first in range(0, len(units) - 1, window):
+            bounds = list(range(first, min(first + window, len(units) - 1)))
+            lo, hi = max(0, first - self.context), min(len(units), bounds[-1] + 2 + self.context)
+            shown = "\n".join(f"[{k + 1}] {' '.join(units[k].split())}" for k in range(lo, hi))
+            text = prompt("score_boundaries", problem=problem, units=shown, count=len(bounds),
+                          boundaries=", ".join(str(b + 1) for b in bounds))  # fmt: skip
+            parse = functools.partial(parse_scores, count=len(bounds))
+            value, reply = ask(self.backend, text, parse, self.retries, 256)
+            if value is None:
+                _usage().repairs += 1
+                value = repair_scores(reply, len(bounds))
+            scores += value
+        return scores
+
+
+def parse_scores(reply: str, count: int) -> list[float]:
+    """`{"scores": [...]}` with exactly `count` integers 0-3; LLMOutputError otherwise."""
+    from memento.data.llm import LLMOutputError, parse_json_object
+
+    scores = parse_json_object(reply).get("scores")
+    if not isinstance(scores, list) or len(scores) != count:
+        got = len(scores) if isinstance(scores, list) else type(scores).__name__
+        raise LLMOutputError(f"expected a list of {count} scores, got {got}")
+    out = []
+    for s in scores:
+        if isinstance(s, bool) or not isinstance(s, int | float) or not 0 <= s <= 3 or s != int(s):
+            raise LLMOutputError(f"scores must be integers 0-3, got {s!r}")
+        out.append(float(s))
+    return out
+
+
+def repair_scores(reply: str, count: int) -> list[float]:
+    """Whatever integers the reply holds, clamped to 0-3, padded with 0 or cut to `count`."""
+    found = [min(3.0, float(x)) for x in re.findall(r"(?<![\d.])\d+(?![\d.])", reply or "")[:count]]
+    return found + [0.0] * (count - len(found))

@@ -109,3 +109,60 @@ class ExtractiveCompressor(Compressor):
             chosen.remove(lead)
             chosen.insert(0, lead)
         return " ".join(flat[i] for i in chosen)
+
+
+class LLMCompressor(Compressor):
+    """One call sees the problem and all blocks and returns `{"mementos": [...]}`; entries that are missing or
+    unusable come back as None, and `revise` (one block, with retries) redoes them."""
+
+    def __init__(self, backend, retries: int = 5):
+        self.backend, self.retries = backend, retries
+
+    def compress(self, problem: str, blocks: list[str]) -> list[str | None]:
+        from memento.data.llm import LLMOutputError, prompt
+
+        shown = "\n\n".join(f"Block {i + 1}:\n{b}" for i, b in enumerate(blocks))
+        text = prompt("compress", problem=problem, blocks=shown, count=len(blocks))
+        reply = self.backend.complete([{"role": "user", "content": text}], 256 + len(shown) // 12)
+        try:
+            return parse_mementos(reply, len(blocks))
+        except LLMOutputError:
+            return [None] * len(blocks)
+
+    def revise(self, problem, blocks, index, memento, feedback, must_include):
+        from memento.data.llm import ask, prompt
+
+        text = prompt(
+            "compress_one", problem=problem, block=blocks[index],
+            feedback=f"A reviewer's feedback on an earlier version: {feedback}\n" if feedback else "",
+            previous=f"\nEarlier version:\n{memento}\n" if memento else "",
+        )  # fmt: skip
+        value, _ = ask(self.backend, text, parse_memento, self.retries, 128 + len(blocks[index]) // 12)
+        return value
+
+
+def _usable(value) -> str | None:
+    from memento.format import SPECIAL_TOKENS
+
+    if not isinstance(value, str) or not value.strip() or any(t in value for t in SPECIAL_TOKENS):
+        return None
+    return value.strip()
+
+
+def parse_mementos(reply: str, count: int) -> list[str | None]:
+    """`{"mementos": [...]}`: one entry per block, None for each missing or unusable one."""
+    from memento.data.llm import LLMOutputError, parse_json_object
+
+    mementos = parse_json_object(reply).get("mementos")
+    if not isinstance(mementos, list):
+        raise LLMOutputError("no 'mementos' list in the reply")
+    return [_usable(m) for m in mementos[:count]] + [None] * (count - len(mementos))
+
+
+def parse_memento(reply: str) -> str:
+    from memento.data.llm import LLMOutputError, parse_json_object
+
+    memento = _usable(parse_json_object(reply).get("memento"))
+    if memento is None:
+        raise LLMOutputError("no usable 'memento' string in the reply")
+    return memento

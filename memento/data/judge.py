@@ -87,3 +87,42 @@ class RuleJudge(Judge):
         if NARRATIVE.search(memo_n):
             feedback.append("drop narration (I think / let me / wait); state facts")
         return Verdict(score, parts, "; ".join(feedback), missing_formulas + missing_numbers)
+
+
+MAXIMA = {"formulas": 3, "numbers": 2, "methods": 2, "validation": 1, "correctness": 1, "result_first": 1}
+
+
+class LLMJudge(Judge):
+    """The rubric asked of an LLM; the total is computed here from the parts (never the model's own sum)."""
+
+    def __init__(self, backend, retries: int = 5):
+        self.backend, self.retries = backend, retries
+
+    def judge(self, problem: str, block: str, memento: str) -> Verdict:
+        from memento.data.llm import _usage, ask, prompt
+
+        text = prompt("judge", problem=problem, block=block, memento=memento)
+        value, _ = ask(self.backend, text, parse_verdict, self.retries, 512)
+        if value is None:
+            _usage().repairs += 1
+            return Verdict(0.0, {}, "the judge's reply could not be read", [])
+        return value
+
+
+def parse_verdict(reply: str) -> Verdict:
+    from memento.data.llm import LLMOutputError, parse_json_object
+
+    data = parse_json_object(reply)
+    parts = {}
+    for key, top in MAXIMA.items():
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= top:
+            raise LLMOutputError(f"'{key}' must be a number 0-{top}, got {value!r}")
+        parts[key] = float(value)
+    deductions, feedback = data.get("deductions", 0), data.get("feedback", "")
+    if isinstance(deductions, bool) or not isinstance(deductions, int | float) or not 0 <= deductions <= 10:
+        raise LLMOutputError(f"'deductions' must be a number 0-10, got {deductions!r}")
+    if not isinstance(feedback, str):
+        raise LLMOutputError("'feedback' must be text")
+    score = max(0.0, min(10.0, sum(parts.values()) - float(deductions)))
+    return Verdict(round(score, 2), parts, feedback.strip(), [])

@@ -24,9 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from memento.data.atomize import atomize
-from memento.data.boundaries import heuristic_scores
-from memento.data.compress import ExtractiveCompressor
-from memento.data.judge import PASS, RuleJudge
+from memento.data.boundaries import LLMScorer, heuristic_scores
+from memento.data.compress import ExtractiveCompressor, LLMCompressor
+from memento.data.judge import PASS, LLMJudge, RuleJudge
+from memento.data.llm import CachedBackend, LLMUnavailable, OpenAIBackend, Usage, current_usage
 from memento.data.segment import segment
 from memento.data.sources import RawTrace, iter_raw
 from memento.errors import MementoError
@@ -37,9 +38,20 @@ log = logging.getLogger(__name__)
 JOURNAL = "journal.jsonl"
 
 
+BACKENDS = ("offline", "openai")
+RUN_ONLY = ("workers", "timeout", "concurrency", "price_in", "price_out")  # settings that do not change the output
+
+
 @dataclass(slots=True)
 class Config:
     backend: str = "offline"
+    base_url: str | None = None  # openai: the endpoint, e.g. http://127.0.0.1:8000/v1
+    model: str | None = None  # openai: the model name sent with each request
+    two_pass: bool = False  # LLM boundary scoring twice (windows 16 and 11), averaged
+    timeout: float = 120.0
+    concurrency: int = 16  # simultaneous requests at most
+    price_in: float = 0.0  # per million prompt tokens, for the cost in stats
+    price_out: float = 0.0
     tokenizer: str = "qwen"
     min_block_tokens: int = 200
     max_block_tokens: int | None = 1536
@@ -51,8 +63,10 @@ class Config:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.backend != "offline":
-            raise MementoError(f"backend '{self.backend}' is not available yet: use --backend offline")
+        if self.backend not in BACKENDS:
+            raise MementoError(f"backend '{self.backend}' is not available: use one of {', '.join(BACKENDS)}")
+        if self.backend == "openai" and not (self.base_url and self.model):
+            raise MementoError("the openai backend needs --base-url and --model")
         i, n = self.shard
         if not (n >= 1 and 0 <= i < n):
             raise MementoError(f"shard must be i/N with 0 <= i < N, got {i}/{n}")
@@ -66,7 +80,8 @@ class Config:
     def identity(self) -> dict:
         """The settings that determine the output (workers and the progress of a run do not)."""
         out = asdict(self)
-        out.pop("workers")
+        for key in RUN_ONLY:
+            out.pop(key)
         out["shard"] = list(self.shard)
         return out
 
@@ -74,21 +89,29 @@ class Config:
 class Stages:
     """The stage implementations of one backend, sharing one tokenizer."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, out: Path):
         from memento.tokenizer import load_tokenizer
 
         self.config = config
         tokenizer = load_tokenizer(config.tokenizer, add_tokens=False)
         self.count = lambda texts: [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-        self.compressor = ExtractiveCompressor(self.count)
-        self.judge = RuleJudge()
+        if config.backend == "offline":
+            self.scorer = None
+            self.compressor, self.judge = ExtractiveCompressor(self.count), RuleJudge()
+        else:
+            backend = OpenAIBackend(config.base_url, config.model, timeout=config.timeout,
+                                    concurrency=config.concurrency, price_in=config.price_in,
+                                    price_out=config.price_out)  # fmt: skip
+            backend = CachedBackend(backend, out / "llm_cache.sqlite")
+            self.scorer = LLMScorer(backend, two_pass=config.two_pass)
+            self.compressor, self.judge = LLMCompressor(backend), LLMJudge(backend)
 
     def run(self, raw: RawTrace) -> tuple[Trace, dict]:
         cfg = self.config
         atoms = atomize(raw.reasoning, self.count)
         units = atoms.units
         lengths = self.count(units)
-        scores = heuristic_scores(units)
+        scores = heuristic_scores(units) if self.scorer is None else self.scorer.score(raw.problem, units)
         seg = segment(lengths, scores, cfg.lam, cfg.min_block_tokens, cfg.max_block_tokens)
         blocks = ["".join(units[a:b]).strip() for a, b in seg.blocks]
         stats = {"units_raw": atoms.raw_units, "units": len(units), "failures": {}}
@@ -142,22 +165,33 @@ def build(input_spec: str, out_dir: str | Path, config: Config,
     done = {rec["index"] for rec in _read_journal(journal)}
     pending = [(k, raw) for k, raw in todo if k not in done]
     log.info("%d traces, %d already done, %d to go", len(todo), len(todo) - len(pending), len(pending))
-    stages = Stages(config)
+    stages = Stages(config, out)
     lock = threading.Lock()
     finished = len(todo) - len(pending)
     if progress:
         progress(finished, len(todo))
+    unfinished: list[str] = []
     fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def work(item: tuple[int, RawTrace]) -> None:
         nonlocal finished
         k, raw = item
+        usage = Usage()
+        token = current_usage.set(usage)
         try:
             trace, stats = stages.run(raw)
-            record = {"index": k, "id": raw.id, "row": row_from_trace(trace, "full"), "stats": stats}
+            record = {"index": k, "id": raw.id, "row": row_from_trace(trace, "full"),
+                      "stats": stats | {"llm": usage.as_dict()}}  # fmt: skip
+        except LLMUnavailable as e:  # transient: not journaled, so a re-run tries this trace again
+            log.warning("trace %s not finished: %s", raw.id, e)
+            with lock:
+                unfinished.append(raw.id)
+            return
         except MementoError as e:
             log.warning("trace %s failed: %s", raw.id, e)
             record = {"index": k, "id": raw.id, "error": {"kind": type(e).__name__, "message": str(e)}}
+        finally:
+            current_usage.reset(token)
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
         with lock:
             os.write(fd, line)
@@ -176,7 +210,10 @@ def build(input_spec: str, out_dir: str | Path, config: Config,
     finally:
         os.close(fd)
     records = sorted(_read_journal(journal), key=lambda r: r["index"])
-    return _finalize(out, records, config, write_report)
+    stats = _finalize(out, records, config, write_report)
+    if unfinished:
+        log.warning("%d traces not finished (the LLM endpoint failed); re-run to retry them", len(unfinished))
+    return stats | {"unfinished": len(unfinished)}
 
 
 def _check_config(out: Path, config: Config, input_spec: str) -> None:

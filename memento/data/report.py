@@ -55,7 +55,8 @@ def aggregate(records: list[dict]) -> dict:
         "judge_score_per_round": scores,
         "judge_pass_rate_per_round": pass_rates,
         "llm": {
-            k: sum(s.get("llm", {}).get(k, 0) for s in ok) for k in ("calls", "retries", "repairs", "tokens", "cost")
+            k: sum(s.get("llm", {}).get(k, 0) for s in ok)
+            for k in ("calls", "cached", "retries", "repairs", "tokens", "cost")
         },
     }
 

@@ -1,0 +1,203 @@
+"""LLM backends for the data pipeline: any OpenAI-compatible endpoint, with retries, a response cache and usage.
+
+Design choices:
+- One small interface, `LLMBackend.complete(messages, max_tokens) -> str`. The stages own their prompts and
+  parsers; backends only move text.
+- `OpenAIBackend` retries 429 (honouring Retry-After), 5xx, timeouts, connection resets and unreadable HTTP bodies
+  with exponential backoff and jitter; other 4xx fail at once. Concurrency is bounded by a semaphore; the
+  pipeline's worker threads share one thread-safe HTTP client.
+- `CachedBackend` keys each request (model, messages, parameters, attempt number) by SHA-256 in a SQLite file, so
+  a re-run after a crash repeats no finished call, and a stage's retry sequence replays identically.
+- Usage (calls, retries, tokens, cost) is added to the `Usage` of the current trace (a context variable set by the
+  pipeline around each trace), so stats are per trace even with many workers.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from memento.errors import MementoError
+
+log = logging.getLogger(__name__)
+
+
+class LLMUnavailable(MementoError):
+    """The endpoint did not answer usably after all retries (transient: a re-run tries again)."""
+
+
+class LLMOutputError(MementoError):
+    """A model's reply does not parse as the stage asked; the only error the output parsers raise."""
+
+
+@dataclass
+class Usage:
+    calls: int = 0
+    cached: int = 0
+    retries: int = 0
+    repairs: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+current_usage: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("current_usage", default=None)
+
+
+def _usage() -> Usage:
+    return current_usage.get() or Usage()
+
+
+class LLMBackend(ABC):
+    """Contract: `complete` returns the assistant's text or raises `LLMUnavailable`; `attempt` distinguishes a
+    stage's retries of the same request (so caches keep them apart)."""
+
+    model: str
+
+    @abstractmethod
+    def complete(self, messages: list[dict], max_tokens: int = 1024, attempt: int = 0) -> str: ...
+
+
+class OpenAIBackend(LLMBackend):
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 120.0,
+                 max_retries: int = 6, backoff: float = 1.0, max_backoff: float = 60.0, concurrency: int = 16,
+                 price_in: float = 0.0, price_out: float = 0.0):  # fmt: skip
+        import httpx
+
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        key = api_key or os.environ.get("OPENAI_API_KEY", "")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.client = httpx.Client(headers=headers, timeout=timeout)
+        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
+        self.slots = threading.Semaphore(concurrency)
+        self.price_in, self.price_out = price_in / 1e6, price_out / 1e6  # prices per million tokens
+
+    def complete(self, messages, max_tokens=1024, attempt=0):
+        import httpx
+
+        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0}
+        usage = _usage()
+        problem = ""
+        for retry in range(self.max_retries + 1):
+            if retry:
+                usage.retries += 1
+            wait = None
+            try:
+                with self.slots:
+                    response = self.client.post(self.url, json=body)
+            except (httpx.TimeoutException, httpx.TransportError) as e:
+                problem = f"{type(e).__name__}: {e}"
+            else:
+                if response.status_code == 200:
+                    try:
+                        data = response.json()
+                        text = data["choices"][0]["message"]["content"]
+                        if not isinstance(text, str):
+                            raise TypeError("content is not text")
+                    except (ValueError, KeyError, IndexError, TypeError) as e:
+                        problem = f"unreadable response body ({e})"
+                    else:
+                        tokens = data.get("usage") or {}
+                        usage.calls += 1
+                        usage.tokens += int(tokens.get("total_tokens", 0))
+                        usage.cost += self.price_in * int(tokens.get("prompt_tokens", 0))
+                        usage.cost += self.price_out * int(tokens.get("completion_tokens", 0))
+                        return text
+                elif response.status_code == 429 or response.status_code >= 500:
+                    problem = f"HTTP {response.status_code}"
+                    wait = _retry_after(response.headers.get("retry-after"))
+                else:
+                    raise LLMUnavailable(f"{self.url}: HTTP {response.status_code}: {response.text[:300]}")
+            if retry < self.max_retries:
+                delay = wait if wait is not None else min(self.max_backoff, self.backoff * 2**retry)
+                time.sleep(delay * (1 + 0.25 * random.random()))
+                log.info("retrying %s after %s", self.url, problem)
+        raise LLMUnavailable(f"{self.url}: no usable answer after {self.max_retries + 1} tries (last: {problem})")
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class CachedBackend(LLMBackend):
+    """Wraps a backend with a SQLite response cache (one file, safe across threads and crashes)."""
+
+    def __init__(self, inner: LLMBackend, path: str | Path):
+        self.inner = inner
+        self.model = inner.model
+        self.lock = threading.Lock()
+        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, text TEXT NOT NULL)")
+
+    def complete(self, messages, max_tokens=1024, attempt=0):
+        request = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "attempt": attempt}
+        key = hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        with self.lock:
+            row = self.db.execute("SELECT text FROM responses WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            _usage().cached += 1
+            return row[0]
+        text = self.inner.complete(messages, max_tokens, attempt)
+        with self.lock:
+            self.db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?)", (key, text))
+        return text
+
+
+def parse_json_object(text: str) -> dict:
+    """The JSON object in a reply (code fences and chatter around it tolerated); LLMOutputError otherwise."""
+    if not isinstance(text, str):
+        raise LLMOutputError("reply is not text")
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
+    candidate = fenced.group(1) if fenced else text
+    start, end = candidate.find("{"), candidate.rfind("}")
+    if start < 0 or end <= start:
+        raise LLMOutputError("no JSON object in the reply")
+    try:
+        value = json.loads(candidate[start : end + 1])
+    except (ValueError, RecursionError) as e:
+        raise LLMOutputError(f"invalid JSON in the reply: {e}") from None
+    if not isinstance(value, dict):
+        raise LLMOutputError("the reply's JSON is not an object")
+    return value
+
+
+def ask(backend: LLMBackend, prompt: str, parse, retries: int = 5, max_tokens: int = 1024):
+    """Call until `parse(reply)` succeeds, at most 1 + `retries` times; returns (value, None) or (None, last
+    reply) so the caller can repair. Transport failures (`LLMUnavailable`) propagate."""
+    reply = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            _usage().retries += 1
+        reply = backend.complete([{"role": "user", "content": prompt}], max_tokens, attempt)
+        try:
+            return parse(reply), None
+        except LLMOutputError as e:
+            log.info("unparsable reply (%s), attempt %d", e, attempt + 1)
+    return None, reply
+
+
+def prompt(name: str, **fields) -> str:
+    """A versioned prompt file of the package with `{field}` slots filled (other braces are left alone)."""
+    text = (Path(__file__).parent / "prompts" / f"{name}.txt").read_text(encoding="utf-8")
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    for key, value in fields.items():
+        text = text.replace("{" + key + "}", str(value))
+    return text.strip() + "\n"
