@@ -225,10 +225,12 @@ def data_build(
     input: Annotated[str, typer.Argument(help="JSONL/Parquet with problem + cot/response, or 'champ'.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder; re-running resumes.")],
     backend: Annotated[
-        str, typer.Option(help="offline (heuristic scorer, extractive compressor, rule judge) or openai.")
+        str, typer.Option(help="offline (heuristic scorer, extractive compressor, rule judge), openai or hf.")
     ] = "offline",
     base_url: Annotated[str | None, typer.Option(help="openai: endpoint, e.g. http://127.0.0.1:8000/v1.")] = None,
-    model: Annotated[str | None, typer.Option(help="openai: model name (key from $OPENAI_API_KEY).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="openai: model name (key from $OPENAI_API_KEY); hf: a folder or smollm2.")
+    ] = None,
     two_pass: Annotated[bool, typer.Option(help="openai: score boundaries twice (windows 16, 11).")] = False,
     timeout: Annotated[float, typer.Option(help="openai: seconds per request before a retry.")] = 120.0,
     price_in: Annotated[float, typer.Option(help="Cost per million prompt tokens, for stats.")] = 0.0,

@@ -109,3 +109,34 @@ def test_parsers_accept_good_replies():
     verdict = parse_verdict('{"formulas": 3, "numbers": 2, "methods": 2, "validation": 1, "correctness": 1, '
                             '"result_first": 1, "deductions": 2, "score": 10, "feedback": "x"}')  # fmt: skip
     assert verdict.score == 8.0
+
+
+def test_hf_backend_with_a_real_small_model():
+    """SmolLM2-135M as the scoring LLM: its replies are rarely valid JSON, and the stage repairs instead of failing."""
+    from memento.data.boundaries import LLMScorer
+    from memento.data.llm import HFBackend
+
+    backend = HFBackend("smollm2", max_new_tokens=24)
+    usage = Usage()
+    token = current_usage.set(usage)
+    try:
+        reply = backend.complete([{"role": "user", "content": "Say hello."}])
+        scores = LLMScorer(backend, retries=0).score("p", ["We add 2 and 2.\n\n", "Wait, check it: 4. ", "Done."])
+    finally:
+        current_usage.reset(token)
+    assert isinstance(reply, str) and reply.strip()
+    assert len(scores) == 2 and all(0 <= s <= 3 for s in scores)
+    assert usage.calls == 2 and usage.tokens > 0
+
+
+def test_cache_asks_once_for_concurrent_identical_requests(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from memento.data.llm import CachedBackend
+
+    with FakeLLM(latency=0.2) as llm:
+        backend = CachedBackend(OpenAIBackend(llm.url, "fake"), tmp_path / "cache.sqlite")
+        message = [{"role": "user", "content": "TASK: judge\nBlock:\nx = 1\n"}]
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(lambda _: backend.complete(message), range(8)))
+        assert len(set(replies)) == 1 and llm.requests["total"] == 1

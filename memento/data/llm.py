@@ -129,6 +129,45 @@ class OpenAIBackend(LLMBackend):
         raise LLMUnavailable(f"{self.url}: no usable answer after {self.max_retries + 1} tries (last: {problem})")
 
 
+class HFBackend(LLMBackend):
+    """A local Hugging Face causal LM (greedy decoding), e.g. `smollm2` or any chat model folder.
+
+    `max_new_tokens` caps every reply (small models rarely need the stages' full budgets). Calls are serialised:
+    one model, one forward at a time.
+    """
+
+    def __init__(self, model: str, max_new_tokens: int = 512, device: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from memento import assets
+
+        folder = assets.smollm2_dir() if model == "smollm2" else Path(model)
+        if not folder.is_dir():
+            raise MementoError(f"hf backend: '{model}' is not a model folder (or 'smollm2')")
+        self.model = str(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self.device).eval()
+        self.max_new_tokens = max_new_tokens
+        self.lock = threading.Lock()
+
+    def complete(self, messages, max_tokens=1024, attempt=0):
+        import torch
+
+        batch = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                   return_dict=True).to(self.device)  # fmt: skip
+        with self.lock, torch.no_grad():
+            out = self.lm.generate(**batch, max_new_tokens=min(max_tokens, self.max_new_tokens), do_sample=False,
+                                   pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)  # fmt: skip
+        new = out[0, batch["input_ids"].shape[1] :]
+        usage = _usage()
+        usage.calls += 1
+        usage.tokens += int(batch["input_ids"].shape[1] + new.shape[0])
+        return self.tokenizer.decode(new, skip_special_tokens=True)
+
+
 def _retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value is not None else None
@@ -143,6 +182,7 @@ class CachedBackend(LLMBackend):
         self.inner = inner
         self.model = inner.model
         self.lock = threading.Lock()
+        self.in_flight: dict[str, threading.Event] = {}
         self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, text TEXT NOT NULL)")
@@ -150,15 +190,30 @@ class CachedBackend(LLMBackend):
     def complete(self, messages, max_tokens=1024, attempt=0):
         request = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "attempt": attempt}
         key = hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-        with self.lock:
-            row = self.db.execute("SELECT text FROM responses WHERE key = ?", (key,)).fetchone()
-        if row is not None:
-            _usage().cached += 1
-            return row[0]
-        text = self.inner.complete(messages, max_tokens, attempt)
-        with self.lock:
-            self.db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?)", (key, text))
-        return text
+        while True:
+            with self.lock:
+                row = self.db.execute("SELECT text FROM responses WHERE key = ?", (key,)).fetchone()
+                if row is not None:
+                    _usage().cached += 1
+                    return row[0]
+                pending = self.in_flight.get(key)
+                if pending is None:  # this thread asks; others wanting the same answer wait for it
+                    pending = self.in_flight[key] = threading.Event()
+                    break
+            pending.wait()
+            with self.lock:
+                failed = key not in self.in_flight and self.db.execute(
+                    "SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone() is None  # fmt: skip
+            if failed:  # the other thread's call failed: try ourselves
+                continue
+        try:
+            text = self.inner.complete(messages, max_tokens, attempt)
+            with self.lock:
+                self.db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?)", (key, text))
+            return text
+        finally:
+            with self.lock:
+                self.in_flight.pop(key).set()
 
 
 def parse_json_object(text: str) -> dict:

@@ -27,7 +27,7 @@ from memento.data.atomize import atomize
 from memento.data.boundaries import LLMScorer, heuristic_scores
 from memento.data.compress import ExtractiveCompressor, LLMCompressor
 from memento.data.judge import PASS, LLMJudge, RuleJudge
-from memento.data.llm import CachedBackend, LLMUnavailable, OpenAIBackend, Usage, current_usage
+from memento.data.llm import CachedBackend, HFBackend, LLMUnavailable, OpenAIBackend, Usage, current_usage
 from memento.data.segment import segment
 from memento.data.sources import RawTrace, iter_raw
 from memento.errors import MementoError
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 JOURNAL = "journal.jsonl"
 
 
-BACKENDS = ("offline", "openai")
+BACKENDS = ("offline", "openai", "hf")
 RUN_ONLY = ("workers", "timeout", "concurrency", "price_in", "price_out")  # settings that do not change the output
 
 
@@ -55,6 +55,7 @@ class Config:
     tokenizer: str = "qwen"
     min_block_tokens: int = 200
     max_block_tokens: int | None = 1536
+    hf_max_new_tokens: int = 512  # hf: cap on every reply
     lam: float = 0.5
     rounds: int = 2  # judge -> revise rounds
     workers: int = 1
@@ -67,6 +68,8 @@ class Config:
             raise MementoError(f"backend '{self.backend}' is not available: use one of {', '.join(BACKENDS)}")
         if self.backend == "openai" and not (self.base_url and self.model):
             raise MementoError("the openai backend needs --base-url and --model")
+        if self.backend == "hf" and not self.model:
+            raise MementoError("the hf backend needs --model (a model folder, or smollm2)")
         i, n = self.shard
         if not (n >= 1 and 0 <= i < n):
             raise MementoError(f"shard must be i/N with 0 <= i < N, got {i}/{n}")
@@ -95,13 +98,17 @@ class Stages:
         self.config = config
         tokenizer = load_tokenizer(config.tokenizer, add_tokens=False)
         self.count = lambda texts: [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        self.fallback = ExtractiveCompressor(self.count)
         if config.backend == "offline":
             self.scorer = None
             self.compressor, self.judge = ExtractiveCompressor(self.count), RuleJudge()
         else:
-            backend = OpenAIBackend(config.base_url, config.model, timeout=config.timeout,
-                                    concurrency=config.concurrency, price_in=config.price_in,
-                                    price_out=config.price_out)  # fmt: skip
+            if config.backend == "hf":
+                backend = HFBackend(config.model, config.hf_max_new_tokens)
+            else:
+                backend = OpenAIBackend(config.base_url, config.model, timeout=config.timeout,
+                                        concurrency=config.concurrency, price_in=config.price_in,
+                                        price_out=config.price_out)  # fmt: skip
             backend = CachedBackend(backend, out / "llm_cache.sqlite")
             self.scorer = LLMScorer(backend, two_pass=config.two_pass)
             self.compressor, self.judge = LLMCompressor(backend), LLMJudge(backend)
@@ -117,9 +124,13 @@ class Stages:
         stats = {"units_raw": atoms.raw_units, "units": len(units), "failures": {}}
         mementos = self.compressor.compress(raw.problem, blocks)
         for i, memento in enumerate(mementos):
-            if not memento:  # redo per block
-                stats["failures"]["empty_memento"] = stats["failures"].get("empty_memento", 0) + 1
-                mementos[i] = self.compressor.revise(raw.problem, blocks, i, "", "write the memento", []) or ""
+            if not memento:  # redo per block; if that fails too, the extractive memento stands in
+                failures = stats["failures"]
+                failures["memento_redone"] = failures.get("memento_redone", 0) + 1
+                mementos[i] = self.compressor.revise(raw.problem, blocks, i, "", "", [])
+                if not mementos[i]:
+                    failures["memento_extractive_fallback"] = failures.get("memento_extractive_fallback", 0) + 1
+                    mementos[i] = self.fallback.compress(raw.problem, [blocks[i]])[0] or blocks[i][:200]
         verdicts = [self.judge.judge(raw.problem, b, m) for b, m in zip(blocks, mementos, strict=True)]
         rounds = [[v.score for v in verdicts]]
         for _ in range(cfg.rounds):
