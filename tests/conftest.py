@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from memento.format import Block, Trace
+
+# Nothing comes from a model or dataset hub here: fail fast instead of waiting on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "memento-examples"
 AIME_TRACE = SHARED / "memento_trace_aime25_p5.json"

@@ -140,3 +140,19 @@ def test_cache_asks_once_for_concurrent_identical_requests(tmp_path):
         with ThreadPoolExecutor(8) as pool:
             replies = list(pool.map(lambda _: backend.complete(message), range(8)))
         assert len(set(replies)) == 1 and llm.requests["total"] == 1
+
+
+def test_two_pass_scoring_averages_windows_of_16_and_11():
+    from memento.data.boundaries import LLMScorer
+
+    units = [f"Step {i}: x = {i}.\n\n" if i % 3 else f"Wait, let me check {i}. " for i in range(40)]
+    with FakeLLM() as llm:
+        backend = OpenAIBackend(llm.url, "fake")
+        one = LLMScorer(backend).score("p", units)
+        calls_one = llm.requests["total"]
+        two = LLMScorer(backend, two_pass=True).score("p", units)
+        assert calls_one == 3 and llm.requests["total"] - calls_one == 3 + 4  # ceil(39/16) + ceil(39/11)
+        eleven = LLMScorer(backend, window=11).score("p", units)
+    assert len(two) == len(one) == 39 and all(s * 2 == int(s * 2) for s in two)
+    assert two == [(a + b) / 2 for a, b in zip(one, eleven, strict=True)]
+    assert len(set(one)) > 1

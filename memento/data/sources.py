@@ -2,6 +2,8 @@
 
 - JSONL / Parquet files with `problem` and `cot` or `response` (OpenThoughts style: `<think>...</think>answer`);
   an id from `task_id` / `id` when present, `domain` / `source` / `difficulty` kept.
+- `hf:NAME[:SPLIT]`: a Hugging Face dataset with the same fields (a hub name when online, or a local folder of
+  data files), read with `datasets.load_dataset`; split `train` by default.
 - `champ`: the champ-dataset package's LLM-written solutions to 270 competition problems (real text, offline);
   the solution is the reasoning, the model's one-sentence summary the answer.
 """
@@ -39,18 +41,22 @@ def iter_raw(spec: str) -> Iterator[RawTrace]:
     if spec == "champ":
         yield from _champ()
         return
-    path = Path(spec)
-    if not path.exists():
-        raise MementoError(f"{spec}: no such file (give a JSONL/Parquet file of traces, or 'champ')")
-    for n, row in _rows(path):
-        where = f"{path}:{n}"
+    if spec.startswith("hf:"):
+        rows, origin = _hf(spec[3:]), spec
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise MementoError(f"{spec}: no such file (give a JSONL/Parquet file of traces, hf:NAME or 'champ')")
+        rows, origin = _rows(path), str(path)
+    for n, row in rows:
+        where = f"{origin}:{n}"
         if not isinstance(row, dict) or not isinstance(row.get("problem"), str):
             raise MementoError(f"{where}: expected an object with a string field 'problem'")
         text = row.get("cot", row.get("response"))
         if not isinstance(text, str):
             raise MementoError(f"{where}: missing field 'cot' or 'response' (the raw chain of thought)")
         reasoning, answer = split_think(text)
-        rid = str(row.get("task_id", row.get("id", f"{path.stem}-{n}")))
+        rid = str(row.get("task_id", row.get("id", f"{Path(origin).stem}-{n}")))
         yield RawTrace(rid, row["problem"], reasoning, answer, {k: row[k] for k in KEEP if k in row})
 
 
@@ -74,6 +80,17 @@ def _rows(path: Path) -> Iterator[tuple[int, object]]:
                 yield n, json.loads(line)
             except json.JSONDecodeError as e:
                 raise MementoError(f"{path}:{n}: invalid JSON: {e.msg}") from None
+
+
+def _hf(name: str) -> Iterator[tuple[int, object]]:
+    import datasets
+
+    name, _, split = name.partition(":") if not Path(name).exists() else (name, "", "")
+    try:
+        dataset = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # offline, unknown name, missing split: datasets raises many kinds
+        raise MementoError(f"hf:{name}: cannot load the dataset: {type(e).__name__}: {e}") from None
+    yield from enumerate(dataset, 1)
 
 
 def _champ() -> Iterator[RawTrace]:
