@@ -255,7 +255,8 @@ def data_build(
     )  # fmt: skip
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    with Progress("building", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err) as bar:
+    columns = ("building", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("build", total=None)
         stats = build(
             input, out_dir, config, progress=lambda done, total: bar.update(task, completed=done, total=total)

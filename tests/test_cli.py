@@ -78,6 +78,8 @@ def test_demo_writes_the_plot(tmp_path):
         (["kv", "{f}", "--model", "qwen3-8b", "--policy", "keepall"], "{}", "unknown policy 'keepall'"),
         (["kv", "{f}", "--model", "qwen3-8b", "--policy", "full", "--restart"], "{}", "restart needs eviction"),
         (["inspect", "{f}"], "{oops\n", "invalid JSON"),
+        (["data", "build", "{f}", "--out", "{f}.out"], '{"problem": "p"}\n', "missing field 'cot' or 'response'"),
+        (["data", "build", "champ", "--out", "{f}.out", "--backend", "openai"], None, "needs --base-url and --model"),
         (["inspect", "{f}"], json.dumps({"problem": "p", "response": "<think><|block_start|>a<|block_end|>"
                                          "<|summary_start|>m<|summary_end|></think>", "sentences": ["a"],
                                          "blocks": [[0, 3]], "block_summaries": ["m"]}),
