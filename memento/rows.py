@@ -30,7 +30,7 @@ def read_traces(path: str | Path, lenient: bool = False) -> list[Trace]:
 def iter_traces(path: str | Path, lenient: bool = False) -> Iterator[Trace]:
     """Traces of a rows / segments file; `lenient` recovers what it can from malformed responses."""
     path = Path(path)
-    for where, obj in _objects(path):
+    for where, obj in read_objects(path):
         if not isinstance(obj, dict):
             raise MementoError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         if "segments" in obj:
@@ -39,7 +39,8 @@ def iter_traces(path: str | Path, lenient: bool = False) -> Iterator[Trace]:
             yield trace_from_row(obj, where, lenient)
 
 
-def _objects(path: Path) -> Iterator[tuple[str, object]]:
+def read_objects(path: Path) -> Iterator[tuple[str, object]]:
+    """(where, object) for each JSON object of a .jsonl / .json / .parquet file; `where` names file and line."""
     try:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq

@@ -10,12 +10,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 from memento.errors import MementoError
+from memento.rows import read_objects
 
 KEEP = ("domain", "source", "difficulty")
 
@@ -42,44 +42,21 @@ def iter_raw(spec: str) -> Iterator[RawTrace]:
         yield from _champ()
         return
     if spec.startswith("hf:"):
-        rows, origin = _hf(spec[3:]), spec
+        rows = ((f"{spec}: row {n}", row) for n, row in _hf(spec[3:]))
     else:
         path = Path(spec)
         if not path.exists():
             raise MementoError(f"{spec}: no such file (give a JSONL/Parquet file of traces, hf:NAME or 'champ')")
-        rows, origin = _rows(path), str(path)
-    for n, row in rows:
-        where = f"{origin}:{n}"
+        rows = read_objects(path)
+    for n, (where, row) in enumerate(rows, 1):
         if not isinstance(row, dict) or not isinstance(row.get("problem"), str):
             raise MementoError(f"{where}: expected an object with a string field 'problem'")
         text = row.get("cot", row.get("response"))
         if not isinstance(text, str):
             raise MementoError(f"{where}: missing field 'cot' or 'response' (the raw chain of thought)")
         reasoning, answer = split_think(text)
-        rid = str(row.get("task_id", row.get("id", f"{Path(origin).stem}-{n}")))
+        rid = str(row.get("task_id", row.get("id", f"{Path(spec).stem}-{n}")))
         yield RawTrace(rid, row["problem"], reasoning, answer, {k: row[k] for k in KEEP if k in row})
-
-
-def _rows(path: Path) -> Iterator[tuple[int, object]]:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            rows = pq.read_table(path).to_pylist()
-        except Exception as e:
-            raise MementoError(f"{path}: cannot read as Parquet: {e}") from None
-        yield from enumerate(rows, 1)
-        return
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise MementoError(f"{path}: cannot read: {e}") from None
-    for n, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MementoError(f"{path}:{n}: invalid JSON: {e.msg}") from None
 
 
 def _hf(name: str) -> Iterator[tuple[int, object]]:
