@@ -56,7 +56,7 @@ def read_objects(path: Path) -> Iterator[tuple[str, object]]:
     except Exception as e:  # pyarrow's errors for a file that is not Parquet
         raise MementoError(f"{path}: cannot read as Parquet: {e}") from None
     if path.suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit inside a string
             if line.strip():
                 yield f"{path}:{n}", _loads(line, f"{path}:{n}")
         return
@@ -154,12 +154,28 @@ def write_rows(traces: Iterable[Trace], path: str | Path, config: str = "default
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(rows), path)
+        pq.write_table(pa.Table.from_pylist(_uniform(rows)), path)
     else:
         with path.open("w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
+
+
+def _uniform(rows: list[dict]) -> list[dict]:
+    """Rows Arrow can store: every key in every row (None where absent) and, for a column whose values mix
+    types, the values as text (JSON keeps them as they were)."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    mixed = set()
+    for key in keys:
+        kinds = {type(row[key]) for row in rows if row.get(key) is not None}
+        if len(kinds - {int, float}) > 1 or (len(kinds) > 1 and not kinds <= {int, float}):
+            mixed.add(key)
+    return [
+        {k: (json.dumps(row.get(k), ensure_ascii=False) if k in mixed and not isinstance(row.get(k), str | None)
+             else row.get(k)) for k in keys}
+        for row in rows
+    ]  # fmt: skip
 
 
 def trace_from_segments(obj: dict, where: str = "segments") -> Trace:

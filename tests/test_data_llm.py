@@ -13,7 +13,15 @@ from memento.data.boundaries import parse_scores, repair_scores
 from memento.data.compress import parse_memento, parse_mementos
 from memento.data.fakellm import FakeLLM
 from memento.data.judge import parse_verdict
-from memento.data.llm import LLMOutputError, LLMUnavailable, OpenAIBackend, Usage, current_usage, parse_json_object
+from memento.data.llm import (
+    LLMOutputError,
+    LLMRequestError,
+    LLMUnavailable,
+    OpenAIBackend,
+    Usage,
+    current_usage,
+    parse_json_object,
+)
 from memento.data.pipeline import Config, build
 from memento.rows import read_traces
 
@@ -72,8 +80,9 @@ def test_unfinished_trace_is_not_journaled(tmp_path, monkeypatch):
 def test_client_errors_fail_at_once():
     with FakeLLM() as llm:
         backend = OpenAIBackend(llm.url, "fake")
-        with pytest.raises(LLMUnavailable, match="HTTP 400"):
-            backend.complete([])  # the server cannot read a request without messages
+        with pytest.raises(LLMRequestError, match="HTTP 400"):
+            backend.complete([])
+        assert llm.requests["total"] == 1  # not retried  # the server cannot read a request without messages
 
 
 json_values = st.recursive(

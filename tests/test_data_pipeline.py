@@ -110,3 +110,20 @@ def test_hf_datasets_source(tmp_path, shared_examples):
     assert trace.metadata["id"] == "ot3-train-0000030" and trace.metadata["domain"] == "math"
     with pytest.raises(MementoError, match="hf:no/such-dataset-here: cannot load the dataset"):
         build("hf:no/such-dataset-here", tmp_path / "out2", Config())
+
+
+def test_refused_requests_and_empty_reasoning_are_journaled_failures(tmp_path):
+    from memento.data.fakellm import FakeLLM
+
+    rows = tmp_path / "in.jsonl"
+    rows.write_text(
+        json.dumps({"problem": "p", "cot": None, "response": "<think>\n\n</think>\n\n4", "task_id": None}) + "\n"
+        + RAW_TRACE.read_text()
+    )  # fmt: skip
+    with FakeLLM() as llm:
+        llm.faults.append("compress:400")
+        stats = build(str(rows), tmp_path / "out", Config(backend="openai", base_url=llm.url, model="fake"))
+    assert stats["failed"] == 2 and stats["unfinished"] == 0
+    assert stats["failures_by_kind"] == {"LLMRequestError": 1, "MementoError": 1}
+    records = [json.loads(line) for line in (tmp_path / "out" / "journal.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in records} == {"in-1", "ot3-train-0000030"}

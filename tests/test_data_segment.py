@@ -21,9 +21,9 @@ def brute_force(lengths, scores, lam, min_tokens, max_tokens=None):
         for cuts in itertools.combinations(range(n - 1), r):
             edges = [0, *(b + 1 for b in cuts), n]
             blocks = [sum(lengths[a:b]) for a, b in itertools.pairwise(edges)]
-            if r and (min(blocks) < min_tokens or (max_tokens and max(blocks) > max_tokens)):
-                continue
-            if not r and max_tokens and blocks[0] > max_tokens:
+            sizes = [b - a for a, b in itertools.pairwise(edges)]  # units per block
+            too_big = max_tokens and any(t > max_tokens and s > 1 for t, s in zip(blocks, sizes, strict=True))
+            if (r and min(blocks) < min_tokens) or too_big:
                 continue
             value = objective(lengths, scores, list(cuts), lam)
             if best is None or value > best + 1e-12:
@@ -76,7 +76,7 @@ def test_exact_equals_brute_force(data, min_tokens, max_tokens):
     sizes = [sum(lengths[a:b]) for a, b in got.blocks]
     if len(sizes) > 1:
         assert min(sizes) >= min_tokens
-    assert max_tokens is None or max(sizes) <= max_tokens
+    assert max_tokens is None or all(s <= max_tokens or b - a == 1 for s, (a, b) in zip(sizes, got.blocks, strict=True))
     assert [a for a, _ in got.blocks][1:] == [b + 1 for b in got.cuts]
 
 
@@ -94,3 +94,9 @@ def test_bad_scores_and_single_block():
     with pytest.raises(MementoError, match="multiples of 1/2"):
         segment([300, 300], [0.3])
     assert segment([50, 50], [3.0], min_tokens=200).blocks == [(0, 2)]  # too short to split
+
+
+def test_an_oversized_unit_stands_alone():
+    got = segment([300, 2000, 300, 250], [3.0, 3.0, 1.0], min_tokens=200, max_tokens=1536)
+    assert (1, 2) in got.blocks
+    assert segment([5000], [], max_tokens=1536).blocks == [(0, 1)]

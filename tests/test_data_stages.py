@@ -119,3 +119,15 @@ def test_revision_follows_feedback():
 @pytest.mark.parametrize("text", ["", "   ", "no punctuation at all"])
 def test_atomize_edge_cases(text):
     assert "".join(atomize(text, words).units) == text
+
+
+def test_unclosed_fence_protects_its_line_only():
+    text = "I'll write it as ```python later.\nThen we go on. Another sentence here.\n\nAnd one more."
+    assert len(split(text)) == 4  # the fence keeps only its own line whole
+
+
+def test_prompt_fills_only_template_slots():
+    from memento.data.llm import prompt
+
+    text = prompt("judge", problem="p {block}", block='print(f"{count} items") {memento}', memento="M")
+    assert 'print(f"{count} items") {memento}' in text and "p {block}" in text and "\nM\n" in text

@@ -123,3 +123,17 @@ def test_lenient_rows_recover(tmp_path):
         read_traces(path)
     [trace] = read_traces(path, lenient=True)
     assert len(trace.blocks) == 1 and trace.answer == "A"
+
+
+def test_unicode_line_separators_and_mixed_types_round_trip(tmp_path):
+    from memento.format import Block, Trace
+
+    traces = [
+        Trace("p\u2028q", [Block("a\u2029b\x85c", "m")], "A", {"difficulty": 3, "extra": [1]}),
+        Trace("p", [Block("b", "m")], "A", {"difficulty": "hard", "note": "only here"}),
+    ]
+    for suffix in (".jsonl", ".parquet"):
+        back = read_traces(write_rows(traces, tmp_path / f"rows{suffix}"))
+        assert [t.blocks for t in back] == [t.blocks for t in traces] and back[0].problem == "p\u2028q"
+        assert back[1].metadata["note"] == "only here"
+    assert read_traces(tmp_path / "rows.jsonl")[0].metadata["difficulty"] == 3

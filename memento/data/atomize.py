@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 PROTECTED = re.compile(
-    r"```.*?(?:```|\Z)"  # fenced code (an unclosed fence runs to the end)
+    r"```.*?```|```[^\n]*"  # fenced code (an unclosed fence: its own line only)
     r"|\$\$.*?\$\$"  # display math
     r"|\\\[.*?\\\]"
     r"|\\\(.*?\\\)"  # inline math

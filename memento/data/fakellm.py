@@ -1,7 +1,8 @@
 """A small OpenAI-compatible server that answers the pipeline's own prompts by rule, with injectable faults.
 
 For tests, benchmarks and dry runs of `memento data build --backend openai` without a model: real HTTP on
-loopback, a fixed latency per request, and a queue of faults served to the next requests: `429` (with
+loopback, a fixed latency per request, and a queue of faults served to the next requests: `400` (a
+context-length refusal), `429` (with
 Retry-After), `500`, `slow` (answers after `slow_seconds`), `bad_body` (HTTP body not JSON), `bad_json` (reply
 text without JSON), `wrong_count` (a scores list of the wrong length), `truncated` (the reply cut in half).
 A fault written `task:fault` (e.g. `compress:truncated`) waits for the next request of that prompt task.
@@ -19,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from memento.data.boundaries import heuristic_scores
 from memento.data.compress import sentences
 
-FAULTS = ("429", "500", "slow", "bad_body", "bad_json", "wrong_count", "truncated")
+FAULTS = ("400", "429", "500", "slow", "bad_body", "bad_json", "wrong_count", "truncated")
 
 
 def _memento(block: str) -> str:
@@ -83,6 +84,8 @@ class FakeLLM:
                     return self._send(429, b'{"error": "rate limited"}', {"Retry-After": "0"})
                 if fault == "500":
                     return self._send(500, b'{"error": "boom"}')
+                if fault == "400":
+                    return self._send(400, b'{"error": "maximum context length exceeded"}')
                 time.sleep(server.slow_seconds if fault == "slow" else server.latency)
                 if fault == "bad_body":
                     return self._send(200, b'{"choices": [')

@@ -37,6 +37,11 @@ class LLMUnavailable(MementoError):
     """The endpoint did not answer usably after all retries (transient: a re-run tries again)."""
 
 
+class LLMRequestError(MementoError):
+    """The endpoint refused the request itself (a 4xx such as a context-length error): retrying cannot help, so
+    the trace is recorded as failed."""
+
+
 class LLMOutputError(MementoError):
     """A model's reply does not parse as the stage asked; the only error the output parsers raise."""
 
@@ -117,11 +122,11 @@ class OpenAIBackend(LLMBackend):
                         usage.cost += self.price_in * int(tokens.get("prompt_tokens", 0))
                         usage.cost += self.price_out * int(tokens.get("completion_tokens", 0))
                         return text
-                elif response.status_code == 429 or response.status_code >= 500:
+                elif response.status_code in (408, 429) or response.status_code >= 500:
                     problem = f"HTTP {response.status_code}"
                     wait = _retry_after(response.headers.get("retry-after"))
                 else:
-                    raise LLMUnavailable(f"{self.url}: HTTP {response.status_code}: {response.text[:300]}")
+                    raise LLMRequestError(f"{self.url}: HTTP {response.status_code}: {response.text[:300]}")
             if retry < self.max_retries:
                 delay = wait if wait is not None else min(self.max_backoff, self.backoff * 2**retry)
                 time.sleep(delay * (1 + 0.25 * random.random()))
@@ -253,6 +258,6 @@ def prompt(name: str, **fields) -> str:
     """A versioned prompt file of the package with `{field}` slots filled (other braces are left alone)."""
     text = (Path(__file__).parent / "prompts" / f"{name}.txt").read_text(encoding="utf-8")
     text = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
-    for key, value in fields.items():
-        text = text.replace("{" + key + "}", str(value))
+    # one pass over the template: braces inside the filled-in texts (code, LaTeX) are never touched
+    text = re.sub(r"\{(\w+)\}", lambda m: str(fields[m[1]]) if m[1] in fields else m[0], text)
     return text.strip() + "\n"

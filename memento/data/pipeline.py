@@ -115,6 +115,8 @@ class Stages:
 
     def run(self, raw: RawTrace) -> tuple[Trace, dict]:
         cfg = self.config
+        if not raw.reasoning.strip():
+            raise MementoError("the trace has no reasoning to segment (empty <think>)")
         atoms = atomize(raw.reasoning, self.count)
         units = atoms.units
         lengths = self.count(units)

@@ -70,7 +70,7 @@ def _layer_kernel():
                 length = c[i] - c[j]
                 if length < min_t:
                     continue
-                if length > max_t:
+                if length > max_t and j < i - 1:  # one oversized unit may stand alone; never more
                     break
                 add = length * length
                 v = sc[j]
@@ -89,7 +89,8 @@ _LAYER = None
 def segment(lengths, scores, lam: float = 0.5, min_tokens: int = 200, max_tokens: int | None = None,
             resolution: int = 2) -> Segmentation:  # fmt: skip
     """The exact optimum. `lengths`: tokens per unit (n,); `scores`: boundary scores (n - 1,), multiples of
-    1/`resolution`. Every block gets >= `min_tokens` (and <= `max_tokens`); one block when nothing fits."""
+    1/`resolution`. Every block gets >= `min_tokens` and <= `max_tokens`, except that a single unit longer than
+    `max_tokens` (a long code listing) is a block of its own; one block when nothing fits."""
     global _LAYER
     lengths = np.asarray(lengths, dtype=np.int64)
     n = len(lengths)
@@ -109,9 +110,9 @@ def segment(lengths, scores, lam: float = 0.5, min_tokens: int = 200, max_tokens
     if _LAYER is None:
         _LAYER = _layer_kernel()
 
-    best = Segmentation([], 0.0, [(0, n)]) if total <= max_t else None
+    best = Segmentation([], 0.0, [(0, n)]) if total <= max_t or n == 1 else None
     q = np.full((n + 1, 1), INF, dtype=np.int64)
-    ok = (c >= min_tokens) & (c <= max_t)
+    ok = (c >= min_tokens) & ((c <= max_t) | (np.arange(n + 1) == 1))
     q[ok, 0] = c[ok] ** 2
     parents = []
     # No k can beat `best` once the mean of the k - 1 highest scores (a bound on S / (k - 1)) does not.

@@ -51,11 +51,11 @@ def iter_raw(spec: str) -> Iterator[RawTrace]:
     for n, (where, row) in enumerate(rows, 1):
         if not isinstance(row, dict) or not isinstance(row.get("problem"), str):
             raise MementoError(f"{where}: expected an object with a string field 'problem'")
-        text = row.get("cot", row.get("response"))
+        text = row.get("cot") or row.get("response")  # a null cot column falls back to response
         if not isinstance(text, str):
             raise MementoError(f"{where}: missing field 'cot' or 'response' (the raw chain of thought)")
         reasoning, answer = split_think(text)
-        rid = str(row.get("task_id", row.get("id", f"{Path(spec).stem}-{n}")))
+        rid = str(row.get("task_id") or row.get("id") or f"{Path(spec).stem}-{n}")
         yield RawTrace(rid, row["problem"], reasoning, answer, {k: row[k] for k in KEEP if k in row})
 
 
