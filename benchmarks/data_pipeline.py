@@ -9,17 +9,16 @@ workers, LLM calls can go at most W / L per second; the table shows how close th
 
 from __future__ import annotations
 
-import json
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from results_file import header, write  # benchmarks/results_file.py (scripts run from benchmarks/)
+
 from memento.data.fakellm import FakeLLM
 from memento.data.pipeline import Config, build
 
-OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 TRACES = 64
 
 
@@ -42,15 +41,11 @@ def main() -> None:
     rows = [run(0.0, 1)] + [run(0.25, w) for w in (1, 2, 4, 8, 16)]
     for r in rows:
         print(r)
-    OUT.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": f"{platform.machine()}, {platform.python_version()}", "date": time.strftime("%Y-%m-%d")}
-    (OUT / "data_pipeline.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
-    lines = [
-        "# Data pipeline throughput vs workers (OpenAI-compatible backend, loopback server)",
-        "",
-        f"Command: `.venv/bin/python benchmarks/data_pipeline.py` ({meta['date']}, {meta['machine']}, 2 cores);",
+    lines = header(
+        "Data pipeline throughput vs workers (OpenAI-compatible backend, loopback server)", "data_pipeline.py",
         f"{TRACES} CHAMP solutions, default settings (judge rounds 2). Each run includes tokenizer load (~1 s).",
-        "",
+    )  # fmt: skip
+    lines += [
         "| server latency (s) | workers | LLM calls | seconds | calls/s | ideal workers/latency | per trace (s) |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -58,8 +53,7 @@ def main() -> None:
         ideal = f"{r['ideal_calls_per_s']:.1f}" if r["ideal_calls_per_s"] else "-"
         lines.append(f"| {r['latency_s']} | {r['workers']} | {r['calls']} | {r['seconds']:.1f} | "
                      f"{r['calls_per_s']:.1f} | {ideal} | {r['seconds'] / max(r['traces'], 1):.3f} |")  # fmt: skip
-    (OUT / "data_pipeline.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write("data_pipeline", {"runs": rows}, lines)
 
 
 if __name__ == "__main__":

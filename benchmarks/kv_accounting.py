@@ -9,10 +9,10 @@ the token-replay simulator at the paper's scale.
 
 from __future__ import annotations
 
-import json
-import platform
 import time
 from pathlib import Path
+
+from results_file import header, write  # benchmarks/results_file.py (scripts run from benchmarks/)
 
 from memento.engine.policy import EvictionPolicy
 from memento.format import Block, Trace
@@ -22,7 +22,6 @@ from memento.stats import label_trace
 from memento.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "results"
 PAPER = ROOT.parent / "shared" / "data" / "memento-examples" / "memento_trace_aime25_p5.json"
 
 
@@ -53,15 +52,11 @@ def main() -> None:
             for policy in ("keep0", "keep1"):
                 s = compare(labelled.spans, EvictionPolicy.named(policy), preset, labelled.encoded.completion_start)
                 rows.append({"trace": name, "tokens": n, "model": preset.name, "policy": policy} | s.summary())
-    OUT.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": f"{platform.machine()}, {platform.python_version()}", "date": time.strftime("%Y-%m-%d")}
-    (OUT / "kv_accounting.json").write_text(json.dumps({"meta": meta, "savings": rows, "timing": timings}, indent=1))
-    lines = [
-        "# KV accounting: Memento vs full attention (token replay)",
-        "",
-        f"Command: `.venv/bin/python benchmarks/kv_accounting.py` ({meta['date']}, {meta['machine']}).",
+    lines = header(
+        "KV accounting: Memento vs full attention (token replay)", "kv_accounting.py",
         "Tokens counted with the Qwen3 vocabulary (stand-in for phi-4 and OLMo-3). GB = 1e9 bytes.",
-        "",
+    )  # fmt: skip
+    lines += [
         "| trace | tokens | model | policy | full peak GB | memento peak GB | peak ratio | AUC ratio |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -76,8 +71,7 @@ def main() -> None:
         lines.append(
             f"| {t['trace']} | {t['tokens']} | {t['encode_label_ms']:.1f} | {t['replay_full_vs_keep0_ms']:.2f} |"
         )
-    (OUT / "kv_accounting.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write("kv_accounting", {"savings": rows, "timing": timings}, lines)
 
 
 if __name__ == "__main__":

@@ -9,20 +9,18 @@ Units have the paper's average size after merging (~58 tokens: ~10,900 tokens / 
 
 from __future__ import annotations
 
-import json
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from results_file import header, write  # benchmarks/results_file.py (scripts run from benchmarks/)
 
 from memento.data.pipeline import Config, build
 from memento.data.segment import segment
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "results"
 RAW = ROOT.parent / "shared" / "data" / "memento-examples" / "raw_trace_ot3.jsonl"
 
 
@@ -59,15 +57,9 @@ def main() -> None:
         pipeline[Path(spec).name] = {"traces": stats["traces"], "seconds": time.perf_counter() - t0}
         shutil.rmtree(tmp)
         print(pipeline)
-    OUT.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": f"{platform.machine()}, {platform.python_version()}", "date": time.strftime("%Y-%m-%d")}
-    (OUT / "segmentation.json").write_text(json.dumps({"meta": meta, "segment": rows, "pipeline": pipeline}, indent=1))
-    lines = [
-        "# Exact segmentation and offline pipeline speed",
-        "",
-        f"Command: `.venv/bin/python benchmarks/segmentation.py` ({meta['date']}, {meta['machine']}, 2 cores).",
-        "Targets (issue #3): <= 200 ms at 200 units, <= 1 s at 400 units.",
-        "",
+    lines = header("Exact segmentation and offline pipeline speed", "segmentation.py",
+                   "Targets (issue #3): <= 200 ms at 200 units, <= 1 s at 400 units.")  # fmt: skip
+    lines += [
         "| units | tokens | max block tokens | seconds (best of 3) | blocks |",
         "|---|---|---|---|---|",
     ]
@@ -81,8 +73,7 @@ def main() -> None:
     ]
     lines += [f"| {k} | {v['traces']} | {v['seconds']:.1f} | {v['seconds'] / v['traces']:.3f} |"
               for k, v in pipeline.items()]  # fmt: skip
-    (OUT / "segmentation.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write("segmentation", {"segment": rows, "pipeline": pipeline}, lines)
 
 
 if __name__ == "__main__":
