@@ -79,7 +79,7 @@ class LLMScorer:
         return apply_hard_rules(units, averaged)
 
     def _pass(self, problem: str, units: list[str], window: int) -> list[float]:
-        from memento.data.llm import _usage, ask, prompt
+        from memento.data.llm import ask, prompt, trace_usage
 
         scores: list[float] = []
         for first in range(0, len(units) - 1, window):
@@ -91,7 +91,7 @@ class LLMScorer:
             parse = functools.partial(parse_scores, count=len(bounds))
             value, reply = ask(self.backend, text, parse, self.retries, 256)
             if value is None:
-                _usage().repairs += 1
+                trace_usage().repairs += 1
                 value = repair_scores(reply, len(bounds))
             scores += value
         return scores

@@ -99,12 +99,12 @@ class LLMJudge(Judge):
         self.backend, self.retries = backend, retries
 
     def judge(self, problem: str, block: str, memento: str) -> Verdict:
-        from memento.data.llm import _usage, ask, prompt
+        from memento.data.llm import ask, prompt, trace_usage
 
         text = prompt("judge", problem=problem, block=block, memento=memento)
         value, _ = ask(self.backend, text, parse_verdict, self.retries, 512)
         if value is None:
-            _usage().repairs += 1
+            trace_usage().repairs += 1
             return Verdict(0.0, {}, "the judge's reply could not be read", [])
         return value
 

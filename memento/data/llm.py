@@ -62,7 +62,7 @@ class Usage:
 current_usage: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("current_usage", default=None)
 
 
-def _usage() -> Usage:
+def trace_usage() -> Usage:
     return current_usage.get() or Usage()
 
 
@@ -95,7 +95,7 @@ class OpenAIBackend(LLMBackend):
         import httpx
 
         body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0}
-        usage = _usage()
+        usage = trace_usage()
         problem = ""
         for retry in range(self.max_retries + 1):
             if retry:
@@ -167,7 +167,7 @@ class HFBackend(LLMBackend):
             out = self.lm.generate(**batch, max_new_tokens=min(max_tokens, self.max_new_tokens), do_sample=False,
                                    pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)  # fmt: skip
         new = out[0, batch["input_ids"].shape[1] :]
-        usage = _usage()
+        usage = trace_usage()
         usage.calls += 1
         usage.tokens += int(batch["input_ids"].shape[1] + new.shape[0])
         return self.tokenizer.decode(new, skip_special_tokens=True)
@@ -199,7 +199,7 @@ class CachedBackend(LLMBackend):
             with self.lock:
                 row = self.db.execute("SELECT text FROM responses WHERE key = ?", (key,)).fetchone()
                 if row is not None:
-                    _usage().cached += 1
+                    trace_usage().cached += 1
                     return row[0]
                 pending = self.in_flight.get(key)
                 if pending is None:  # this thread asks; others wanting the same answer wait for it
@@ -245,7 +245,7 @@ def ask(backend: LLMBackend, prompt: str, parse, retries: int = 5, max_tokens: i
     reply = ""
     for attempt in range(retries + 1):
         if attempt:
-            _usage().retries += 1
+            trace_usage().retries += 1
         reply = backend.complete([{"role": "user", "content": prompt}], max_tokens, attempt)
         try:
             return parse(reply), None

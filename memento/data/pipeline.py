@@ -28,6 +28,7 @@ from memento.data.boundaries import LLMScorer, heuristic_scores
 from memento.data.compress import ExtractiveCompressor, LLMCompressor
 from memento.data.judge import PASS, LLMJudge, RuleJudge
 from memento.data.llm import CachedBackend, HFBackend, LLMUnavailable, OpenAIBackend, Usage, current_usage
+from memento.data.report import write_report
 from memento.data.segment import segment
 from memento.data.sources import RawTrace, iter_raw
 from memento.errors import MementoError
@@ -165,8 +166,6 @@ class Stages:
 def build(input_spec: str, out_dir: str | Path, config: Config,
           progress: Callable[[int, int], None] | None = None) -> dict:  # fmt: skip
     """Build (or resume) Memento data from `input_spec` into `out_dir`; returns the aggregate stats."""
-    from memento.data.report import write_report
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, config, input_spec)
@@ -223,7 +222,7 @@ def build(input_spec: str, out_dir: str | Path, config: Config,
     finally:
         os.close(fd)
     records = sorted(_read_journal(journal), key=lambda r: r["index"])
-    stats = _finalize(out, records, config, write_report)
+    stats = _finalize(out, records, config)
     if unfinished:
         log.warning("%d traces not finished (the LLM endpoint failed); re-run to retry them", len(unfinished))
     return stats | {"unfinished": len(unfinished)}
@@ -261,7 +260,7 @@ def _read_journal(path: Path) -> list[dict]:
     return records
 
 
-def _finalize(out: Path, records: list[dict], config: Config, write_report) -> dict:
+def _finalize(out: Path, records: list[dict], config: Config) -> dict:
     ok = [r for r in records if "row" in r]
     traces = [trace_from_row(r["row"], f"{out / JOURNAL}: trace {r['id']}") for r in ok]
     for name, cfg in (("openmementos", "default"), ("openmementos-full", "full")):
