@@ -129,6 +129,39 @@ class Spans:
         return out
 
 
+class Labeller:
+    """Labels a token stream one token at a time (what `label` runs, and what the engines run while generating)."""
+
+    def __init__(self, special: MementoIds, strict: bool = True):
+        self.by_id = special.by_id()
+        self.strict = strict
+        self.state = State.OUTSIDE
+        self.index = -1  # current block
+        self.glue: tuple[Kind, int] = (Kind.PROMPT, -1)
+        self.issues: list[Issue] = []
+
+    def push(self, token_id: int, t: int) -> tuple[Kind, int]:
+        """(kind, block index or -1) of the token `token_id` at sequence index `t`."""
+        state = self.state
+        token = self.by_id.get(int(token_id))
+        nxt = None if token is None else TRANSITIONS.get((state, token))
+        if token is not None and nxt is None:
+            if self.strict:
+                raise TraceFormatError(transition_error(state, token), t, unit="token")
+            self.issues.append(Issue(t, transition_error(state, token)))
+        if nxt is None:  # content, or glue between structural tokens
+            if state in CONTENT_STATES or state is State.OUTSIDE:
+                return _CONTENT_KIND[state], self.index if state in (State.BLOCK, State.MEMENTO) else -1
+            return self.glue
+        if token == BLOCK_START:
+            self.index += 1
+        kind = _STRUCTURAL_KIND[token]
+        block = self.index if token in (BLOCK_START, BLOCK_END, SUMMARY_START, SUMMARY_END) else -1
+        self.glue = (kind, block)
+        self.state = nxt
+        return kind, block
+
+
 def label(
     ids,
     special: MementoIds,
@@ -140,34 +173,14 @@ def label(
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     n = len(ids)
     pad = np.zeros(n, bool) if attention_mask is None else np.asarray(attention_mask).reshape(-1) == 0
-    by_id = special.by_id()
     if completion_start is None:
         think = np.flatnonzero((ids == special.think_start) & ~pad)
         completion_start = int(think[-1]) if len(think) else n
     kind = np.full(n, Kind.PROMPT, dtype=np.int8)
     block = np.full(n, -1, dtype=np.int32)
     kind[pad] = Kind.PAD
-    state, index, glue, issues = State.OUTSIDE, -1, (Kind.PROMPT, -1), []
+    labeller = Labeller(special, strict)
     for t in range(completion_start, n):
-        if pad[t]:
-            continue
-        token = by_id.get(int(ids[t]))
-        nxt = None if token is None else TRANSITIONS.get((state, token))
-        if token is not None and nxt is None:
-            if strict:
-                raise TraceFormatError(transition_error(state, token), t, unit="token")
-            issues.append(Issue(t, transition_error(state, token)))
-        if nxt is None:  # content, or glue between structural tokens
-            if state in CONTENT_STATES or state is State.OUTSIDE:
-                kind[t] = _CONTENT_KIND[state]
-                block[t] = index if state in (State.BLOCK, State.MEMENTO) else -1
-            else:
-                kind[t], block[t] = glue
-            continue
-        if token == BLOCK_START:
-            index += 1
-        kind[t] = _STRUCTURAL_KIND[token]
-        block[t] = index if token in (BLOCK_START, BLOCK_END, SUMMARY_START, SUMMARY_END) else -1
-        glue = (kind[t], block[t])
-        state = nxt
-    return Spans(kind=kind, block=block, state=state, issues=tuple(issues))
+        if not pad[t]:
+            kind[t], block[t] = labeller.push(ids[t], t)
+    return Spans(kind=kind, block=block, state=labeller.state, issues=tuple(labeller.issues))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from memento.errors import MementoError
-from memento.spans import Kind, Spans
+from memento.spans import Kind, MementoIds, Spans
 
 NEVER = np.iinfo(np.int64).max  # "not evicted within this sequence"
 
@@ -98,3 +98,27 @@ def visible(schedule: np.ndarray, pad: np.ndarray | None = None) -> np.ndarray:
     if pad is not None:
         mask &= ~pad[None, :]
     return mask
+
+
+class EvictionTracker:
+    """The engines' side of `eviction_schedule`: fed the label of each token *before* the token is fed to the model,
+    it says which block's KV to free now. `tests/test_engine.py` checks it against the schedule."""
+
+    def __init__(self, policy: EvictionPolicy, special: MementoIds):
+        self.policy = policy
+        self.special = special
+        self.finished: list[int] = []  # blocks whose memento is closed, oldest first
+        self.deferred = policy.keep_last_n_blocks == 0 and policy.keep_last_block_for_answer
+        self.owned = (Kind.BLOCK, Kind.BLOCK_START, Kind.BLOCK_END) if policy.mask_delimiters else (Kind.BLOCK,)
+
+    def on_token(self, token: int, kind: Kind, block: int) -> int | None:
+        """The block to evict before feeding `token`, labelled (kind, block), or None."""
+        if not self.policy.evicts:
+            return None
+        if kind == Kind.SUMMARY_END and token == self.special.summary_end:
+            self.finished.append(block)
+            if not self.deferred and len(self.finished) > self.policy.keep_last_n_blocks:
+                return self.finished[-1 - self.policy.keep_last_n_blocks]
+        if self.deferred and kind == Kind.BLOCK_START and token == self.special.block_start and self.finished:
+            return self.finished[-1]
+        return None

@@ -1,0 +1,140 @@
+"""Attention masks for training: plain causal (stage 1) and the Memento rule (stage 2), in three forms.
+
+Every form reads the eviction schedule of `memento.engine.policy` (for each token, the first query that no longer
+sees it), so training sees exactly what the engines leave in the cache:
+
+- `reference_mask`: numpy, one sequence, built by simulating an engine that frees cache entries as it reads the
+  tokens. Slow and obviously correct; the test oracle for the other two.
+- `dense_mask`: torch bool (B, 1, T, T), True = attend, for SDPA on CPU or GPU. Memory grows as T^2, fine for
+  short sequences; long ones want the FlexAttention form.
+- `flex_block_mask`: a FlexAttention `BlockMask` (CUDA only: FlexAttention's backward does not run on CPU).
+
+Restart mode (strict forgetting) changes what the *cache* holds after an eviction: every surviving token that saw
+an evicted one is recomputed without it. As a mask: a query never sees a key that is evicted before the query
+itself is, i.e. `schedule[k] >= schedule[q]`. With keep_last_n_blocks = 0 this is "memento tokens (and the
+retained `<|block_end|>`) cannot see their block"; a forward under it equals restart decoding at every position
+except the queries of the memento being written, which were sampled while their block was still there.
+
+Padding: padded keys are never seen; padded queries see only themselves (an all-False row would make SDPA return
+NaN). Their labels are -100, so they never reach the loss.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from memento.engine.policy import NEVER, EvictionPolicy, eviction_schedule
+from memento.errors import MementoError
+from memento.spans import Kind, Spans
+
+MASK_KINDS = ("causal", "memento")
+
+
+def reference_mask(ids, spans: Spans, summary_end: int, block_start: int, policy: EvictionPolicy) -> np.ndarray:
+    """(T, T) bool for one sequence: row q = the keys a decoding engine holds when it feeds token q.
+
+    The engine keeps a list of finished blocks and drops a block's entries when the token that triggers it is
+    sampled (before that token is fed); in restart mode the surviving rows are recomputed without what was dropped.
+    """
+    n = len(ids)
+    alive = np.zeros(n, bool)
+    views = np.zeros((n, n), bool)
+    finished: list[int] = []
+    own = [Kind.BLOCK] + ([Kind.BLOCK_START, Kind.BLOCK_END] if policy.mask_delimiters else [])
+    deferred = policy.keep_last_n_blocks == 0 and policy.keep_last_block_for_answer
+
+    def evict(block: int, now: int) -> None:
+        alive[(spans.block == block) & np.isin(spans.kind, own)] = False
+        if policy.restart:
+            survivors = np.flatnonzero(alive[:now])
+            views[survivors] &= alive[None, :]
+
+    for t in range(n):
+        if spans.kind[t] == Kind.PAD:
+            views[t, t] = True
+            continue
+        if policy.evicts and ids[t] == summary_end and spans.kind[t] == Kind.SUMMARY_END:
+            finished.append(int(spans.block[t]))
+            if not deferred and len(finished) > policy.keep_last_n_blocks:
+                evict(finished[-1 - policy.keep_last_n_blocks], t)
+        if policy.evicts and deferred and ids[t] == block_start and spans.kind[t] == Kind.BLOCK_START and finished:
+            evict(finished[-1], t)
+        alive[t] = True
+        views[t] = alive
+    return views
+
+
+def schedules(spans: list[Spans], policy: EvictionPolicy | None, length: int) -> torch.Tensor:
+    """(B, T) int64: eviction schedule of each sequence, right-padded to `length` (padding: never evicted).
+
+    `policy=None` is plain causal attention (nothing is ever evicted).
+    """
+    out = torch.full((len(spans), length), NEVER, dtype=torch.int64)
+    if policy is None or not policy.evicts:
+        return out
+    for row, s in enumerate(spans):
+        out[row, : len(s)] = torch.from_numpy(eviction_schedule(s, policy))
+    return out
+
+
+def dense_mask(schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False) -> torch.Tensor:
+    """(B, 1, T, T) bool, True = attend. `schedule`: (B, T) int64; `pad`: (B, T) bool, True at padding."""
+    n = schedule.shape[1]
+    pos = torch.arange(n, device=schedule.device)
+    q = pos[None, :, None]  # (1, T, 1)
+    k = pos[None, None, :]  # (1, 1, T)
+    sk = schedule[:, None, :]  # (B, 1, T): per key
+    mask = (k <= q) & (q < sk) & ~pad[:, None, :] & ~pad[:, :, None]
+    if restart:
+        mask &= sk >= schedule[:, :, None]
+    mask |= (q == k) & pad[:, :, None]
+    return mask[:, None]
+
+
+def flex_block_mask(schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False, block_size: int = 128):
+    """A FlexAttention `BlockMask` of the same rule as `dense_mask` (needs CUDA for training)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    b, n = schedule.shape
+    return create_block_mask(
+        mask_mod(schedule, pad, restart), B=b, H=None, Q_LEN=n, KV_LEN=n, device=schedule.device, BLOCK_SIZE=block_size
+    )
+
+
+def mask_mod(schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False):
+    """The FlexAttention `mask_mod(b, h, q, k)` of the Memento rule (usable with `create_mask` on any device)."""
+
+    def rule(b, h, q, k):
+        sk = schedule[b, k]
+        seen = (k <= q) & (q < sk) & ~pad[b, k] & ~pad[b, q]
+        if restart:
+            seen = seen & (sk >= schedule[b, q])
+        return seen | ((q == k) & pad[b, q])
+
+    return rule
+
+
+def model_mask(model, schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False):
+    """The mask in the form `model`'s attention implementation reads correctly, or a clear error.
+
+    sdpa takes the boolean mask; eager *adds* its mask to the scores, so a boolean would be silently misread (True
+    becomes +1): it gets an additive float mask. flex_attention gets a BlockMask and is refused on CPU, where its
+    backward does not run.
+    """
+    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    if impl == "sdpa":
+        return dense_mask(schedule, pad, restart)
+    if impl == "eager":
+        dtype = next(model.parameters()).dtype
+        mask = dense_mask(schedule, pad, restart)
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+    if impl == "flex_attention":
+        if schedule.device.type != "cuda":
+            raise MementoError(
+                "flex_attention needs CUDA (its backward does not run on CPU); use attn_implementation=sdpa"
+            )
+        return flex_block_mask(schedule, pad, restart)
+    raise MementoError(
+        f"attention implementation '{impl}' cannot take a Memento mask; use sdpa, eager or flex_attention"
+    )

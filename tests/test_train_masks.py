@@ -1,0 +1,92 @@
+"""The three forms of the training mask agree with the engine-simulating reference, padding included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_format import traces
+from test_policy import policies
+from torch.nn.attention.flex_attention import create_mask
+
+from memento.engine.policy import EvictionPolicy
+from memento.errors import MementoError
+from memento.spans import label
+from memento.stats import label_trace
+from memento.tokenizer import memento_ids
+from memento.train.masks import dense_mask, flex_block_mask, mask_mod, model_mask, reference_mask, schedules
+
+
+def padded_batch(tokenizer, batch, policy):
+    """Right-padded ids, their labels (PAD at padding), schedules and the pad mask of a list of traces."""
+    encoded = [label_trace(t, tokenizer).encoded for t in batch]
+    length = max(len(e.ids) for e in encoded)
+    special = memento_ids(tokenizer)
+    ids = np.full((len(batch), length), tokenizer.pad_token_id, dtype=np.int64)
+    attn = np.zeros((len(batch), length), dtype=np.int64)
+    for row, e in enumerate(encoded):
+        ids[row, : len(e.ids)] = e.ids
+        attn[row, : len(e.ids)] = 1
+    spans = [label(ids[r], special, encoded[r].completion_start, attention_mask=attn[r]) for r in range(len(batch))]
+    return ids, spans, schedules(spans, policy, length), torch.from_numpy(attn == 0)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.lists(traces, min_size=1, max_size=3), policy=policies)
+def test_dense_and_flex_masks_equal_the_reference(qwen, batch, policy):
+    ids, spans, schedule, pad = padded_batch(qwen, batch, policy)
+    special = memento_ids(qwen)
+    dense = dense_mask(schedule, pad, policy.restart)
+    b, n = ids.shape
+    flex = create_mask(mask_mod(schedule, pad, policy.restart), b, None, n, n, "cpu")
+    for row in range(b):
+        ref = reference_mask(ids[row], spans[row], special.summary_end, special.block_start, policy)
+        np.testing.assert_array_equal(dense[row, 0].numpy(), ref, err_msg=f"row {row}")
+    assert torch.equal(flex, dense)
+    assert dense[..., :].any(-1).all(), "every query must see something, or SDPA returns NaN"
+
+
+def test_causal_schedule_is_plain_causal(qwen):
+    _ids, _spans, schedule, pad = padded_batch(qwen, [traces.example()], None)
+    mask = dense_mask(schedule, torch.zeros_like(pad))[0, 0]
+    assert torch.equal(mask, torch.ones_like(mask).tril())
+
+
+def test_restart_hides_the_block_from_its_memento(qwen):
+    from conftest import small_trace
+
+    from memento.spans import Kind
+
+    policy = EvictionPolicy(0, restart=True)
+    _ids, spans, schedule, pad = padded_batch(qwen, [small_trace(2)], policy)
+    mask = dense_mask(schedule, pad, restart=True)[0, 0].numpy()
+    normal = dense_mask(schedule, pad)[0, 0].numpy()
+    kind, block = spans[0].kind, spans[0].block
+    memento = np.flatnonzero((kind == Kind.SUMMARY) & (block == 0))
+    content = np.flatnonzero((kind == Kind.BLOCK) & (block == 0))
+    assert normal[np.ix_(memento, content)].all() and not mask[np.ix_(memento, content)].any()
+    rows_differ = np.flatnonzero((mask != normal).any(1))
+    assert set(Kind(k).name for k in kind[rows_differ]) <= {"BLOCK_END", "SUMMARY_START", "SUMMARY"}
+
+
+def test_model_mask_matches_each_attention_implementation(smollm2_dir):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    schedule = torch.tensor([[9, 9, 3, 9]])
+    pad = torch.tensor([[False, False, False, True]])
+    config = LlamaConfig(
+        vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    for impl in ("sdpa", "eager"):
+        config._attn_implementation = impl
+        mask = model_mask(LlamaForCausalLM(config), schedule, pad)
+        seen = mask if mask.dtype == torch.bool else mask == 0
+        assert torch.equal(seen, dense_mask(schedule, pad))
+        assert mask.dtype == (torch.bool if impl == "sdpa" else torch.float32)
+    config._attn_implementation = "flex_attention"
+    with pytest.raises(MementoError, match="needs CUDA"):
+        model_mask(LlamaForCausalLM(config), schedule, pad)
+    block = flex_block_mask(schedule, pad)
+    assert block.shape == (1, 1, 4, 4)
