@@ -48,6 +48,9 @@ def main(
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars between our own progress bars
 
 
 def _user_errors(fn):
@@ -268,6 +271,41 @@ def data_build(
     )
     if stats["unfinished"]:
         err.print(f"{stats['unfinished']} traces not finished (the LLM endpoint failed): re-run to retry them")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_user_errors
+def train(
+    ctx: typer.Context,
+    recipe: Annotated[Path, typer.Option("--recipe", help="Training recipe (YAML), e.g. recipes/cpu-tiny.yaml.")],
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the newest checkpoint in the out folder.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+):
+    """SFT with the two-stage curriculum. Extra arguments override the recipe: `optim.lr=1e-4 stages.1.epochs=2`.
+
+    Multi-GPU: `accelerate launch -m memento train --recipe ...` (DDP / FSDP / DeepSpeed from accelerate's config).
+    """
+    from memento.train.config import load_recipe
+    from memento.train.trainer import train as run_training
+
+    config = load_recipe(recipe, ctx.args)
+    result = run_training(config, resume=resume, progress=not quiet)
+    table = Table(title=f"held-out loss by token kind ({result.counts['eval']} examples)")
+    table.add_column("after stage")
+    table.add_column("mask")
+    for kind in ("block", "memento", "answer", "all"):
+        table.add_column(kind, justify="right")
+    for stage, masks in result.evals.items():
+        for mask, values in masks.items():
+            table.add_row(
+                stage,
+                mask,
+                *(f"{values.get('loss/' + k, float('nan')):.4f}" for k in ("block", "memento", "answer", "all")),
+            )
+    out.print(table)
+    out.print(f"model: {result.final}   log: {result.out / 'log.jsonl'}   tensorboard: {result.out / 'tensorboard'}")
 
 
 @app.command()

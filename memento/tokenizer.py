@@ -160,7 +160,7 @@ def encode_chat(tokenizer, problem: str, response: str | None = None) -> Encoded
 
 
 def load_tokenizer(spec: str, add_tokens: bool = True):
-    """A tokenizer by name (`qwen`: the Qwen3 vocabulary, `smollm2`) or Hugging Face folder.
+    """A tokenizer by name (`qwen`: the Qwen3 vocabulary, `smollm2`, `chars`: the toy one) or Hugging Face folder.
 
     With `add_tokens`, the Memento tokens are added and the Memento ChatML template set (for counting and encoding;
     a model folder's own template may render assistant turns differently).
@@ -170,6 +170,10 @@ def load_tokenizer(spec: str, add_tokens: bool = True):
     from memento import assets
     from memento.errors import MementoError
 
+    if spec == "chars":
+        from memento.toy.tokenizer import char_tokenizer
+
+        return char_tokenizer()
     if spec == "qwen":
         # Built straight from tokenizer.json: ~1 s, where AutoTokenizer re-derives the BPE model for ~8 s.
         from transformers import PreTrainedTokenizerFast
@@ -181,7 +185,9 @@ def load_tokenizer(spec: str, add_tokens: bool = True):
     else:
         folder = assets.smollm2_dir() if spec == "smollm2" else Path(spec)
         if not folder.is_dir():
-            raise MementoError(f"tokenizer '{spec}': not a folder; use qwen, smollm2 or a Hugging Face model folder")
+            raise MementoError(
+                f"tokenizer '{spec}': not a folder; use qwen, smollm2, chars or a Hugging Face model folder"
+            )
         from transformers import AutoTokenizer
 
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import small_trace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_format import traces
@@ -49,14 +50,12 @@ def test_dense_and_flex_masks_equal_the_reference(qwen, batch, policy):
 
 
 def test_causal_schedule_is_plain_causal(qwen):
-    _ids, _spans, schedule, pad = padded_batch(qwen, [traces.example()], None)
+    _ids, _spans, schedule, pad = padded_batch(qwen, [small_trace(2)], None)
     mask = dense_mask(schedule, torch.zeros_like(pad))[0, 0]
     assert torch.equal(mask, torch.ones_like(mask).tril())
 
 
 def test_restart_hides_the_block_from_its_memento(qwen):
-    from conftest import small_trace
-
     from memento.spans import Kind
 
     policy = EvictionPolicy(0, restart=True)
