@@ -22,7 +22,7 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def test_version_and_help_on_every_command():
     assert run("--version").stdout.startswith("memento ")
-    for command in ("inspect", "kv", "demo", "data build"):
+    for command in ("inspect", "kv", "demo", "data build", "train", "generate"):
         assert "Usage: memento " + command in run(*command.split(), "--help").stdout
 
 
@@ -95,3 +95,31 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, content, message):
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+
+
+def test_train_then_generate_from_the_command_line(tmp_path):
+    """`memento train` with overrides writes a loadable model; `memento generate` runs it with eviction."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "cpu-tiny.yaml"
+    out = tmp_path / "run"
+    overrides = [f"out={out}", "data.train=toy:sums?n=48", "stages.0.max_steps=2", "stages.1.max_steps=2"]
+    proc = run("train", "--recipe", str(recipe), "--quiet", *overrides)
+    assert "held-out loss by token kind" in proc.stdout and (out / "stage2" / "model.safetensors").exists()
+    assert len([line for line in (out / "log.jsonl").read_text().splitlines() if '"loss"' in line]) == 4
+    plot = tmp_path / "kv.png"
+    args = ("generate", "Add these numbers: 1, 2.", "--model", str(out / "stage2"), "--max-new-tokens", "12")
+    data = json.loads(run(*args, "--json", "--plot", str(plot), "--max-block-tokens", "4").stdout)
+    assert data["stats"]["generated_tokens"] <= 12 and len(data["stats"]["kv_timeline"]) >= 1
+    assert {"text", "trace", "stats", "finish_reason"} <= set(data) and plot.stat().st_size > 0
+    assert "KV peak" in run(*args).stdout
+
+
+def test_generate_and_train_errors_are_one_line(tmp_path, smollm2_dir):
+    proc = run("generate", "hi", "--model", str(smollm2_dir), check=False)
+    assert proc.returncode == 2 and "--add-tokens" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("generate", "hi", "--model", str(tmp_path / "nope"), check=False)
+    assert proc.returncode == 2 and "not a folder" in proc.stderr
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "cpu-tiny.yaml"
+    proc = run("train", "--recipe", str(recipe), "optim.lr=fast", check=False)
+    assert proc.returncode == 2 and "optim.lr must be a number" in proc.stderr
+    proc = run("generate", "hi", "--model", str(smollm2_dir), "--policy", "full", "--restart", check=False)
+    assert proc.returncode == 2 and "needs eviction" in proc.stderr

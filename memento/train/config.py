@@ -187,10 +187,17 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
         if not sep or not key:
             raise MementoError(f"override '{item}': expected key=value, e.g. optim.lr=1e-4")
         node, parts = values, key.split(".")
-        for part in parts[:-1]:
-            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        try:
+            for part in parts[:-1]:
+                node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        except (IndexError, ValueError, AttributeError):
+            raise MementoError(f"override '{item}': no such place in the recipe") from None
         last = parts[-1]
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or "not valid YAML"
+            raise MementoError(f"override '{item}': {problem}; quote the value, e.g. {key}='[\"a?b\"]'") from None
         if isinstance(node, list):
             node[int(last)] = value
         else:
