@@ -36,21 +36,24 @@ def tokenizer(smollm2_dir):
     return load_tokenizer(str(smollm2_dir))
 
 
-def tiny(arch: str, vocab: int):
+def tiny(arch: str, vocab: int, attention: str = "sdpa"):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
     if arch == "qwen3":
-        model = Qwen3ForCausalLM(Qwen3Config(**common, num_key_value_heads=2, head_dim=16))
-    else:
-        model = LlamaForCausalLM(LlamaConfig(**common, num_key_value_heads=2))
-    return model.eval()
+        config = Qwen3Config(**common, num_key_value_heads=2, head_dim=16, attn_implementation=attention)
+        return Qwen3ForCausalLM(config).eval()
+    return LlamaForCausalLM(LlamaConfig(**common, num_key_value_heads=2, attn_implementation=attention)).eval()
 
 
-@pytest.fixture(scope="module", params=["qwen3", "llama"])
+@pytest.fixture(scope="module", params=["qwen3", "llama", "llama-eager"])
 def tiny_model(request, tokenizer):
-    return tiny(request.param, len(tokenizer))
+    """sdpa models, and one with eager attention (which must get an additive mask, not a boolean one)."""
+    arch, _, attention = request.param.partition("-")
+    model = tiny(arch, len(tokenizer), attention or "sdpa")
+    assert model.config._attn_implementation == (attention or "sdpa")
+    return model
 
 
 def masked_logits(model, ids, spans, policy) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from memento.errors import MementoError
+from memento.train.masks import for_model
 
 EMPTY = -1
 
@@ -64,6 +65,7 @@ class SlotCache:
         new = causal[None] & real[:, None, :]  # (B, L, L)
         new |= torch.eye(length, dtype=torch.bool, device=self.device)[None] & ~real[:, :, None]
         mask = torch.cat([old & real[:, :, None], new], dim=2)[:, None]  # (B, 1, L, S + L)
+        mask = for_model(self.model, mask)
         out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=self.kv, use_cache=True)
         self.pos = torch.cat([self.pos, torch.where(real, pos, EMPTY)], dim=1)
         self.index = torch.cat([self.index, torch.where(real, idx, EMPTY)], dim=1)

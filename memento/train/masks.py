@@ -116,25 +116,34 @@ def mask_mod(schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False):
 
 
 def model_mask(model, schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False):
-    """The mask in the form `model`'s attention implementation reads correctly, or a clear error.
+    """The Memento mask in the form `model`'s attention implementation reads correctly, or a clear error.
 
-    sdpa takes the boolean mask; eager *adds* its mask to the scores, so a boolean would be silently misread (True
-    becomes +1): it gets an additive float mask. flex_attention gets a BlockMask and is refused on CPU, where its
-    backward does not run.
+    flex_attention gets a BlockMask and is refused on CPU, where its backward does not run; sdpa and eager get the
+    dense mask through `for_model`.
     """
-    impl = getattr(model.config, "_attn_implementation", None) or "eager"
-    if impl == "sdpa":
-        return dense_mask(schedule, pad, restart)
-    if impl == "eager":
-        dtype = next(model.parameters()).dtype
-        mask = dense_mask(schedule, pad, restart)
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
-    if impl == "flex_attention":
+    if _implementation(model) == "flex_attention":
         if schedule.device.type != "cuda":
             raise MementoError(
                 "flex_attention needs CUDA (its backward does not run on CPU); use attn_implementation=sdpa"
             )
         return flex_block_mask(schedule, pad, restart)
-    raise MementoError(
-        f"attention implementation '{impl}' cannot take a Memento mask; use sdpa, eager or flex_attention"
-    )
+    return for_model(model, dense_mask(schedule, pad, restart))
+
+
+def for_model(model, mask: torch.Tensor) -> torch.Tensor:
+    """A boolean (B, 1, Q, K) mask (True = attend) as `model` must receive it.
+
+    sdpa takes booleans; eager *adds* its mask to the scores, so a boolean would be silently misread (True becomes
+    +1, nothing is masked): it gets 0 / dtype-min instead.
+    """
+    impl = _implementation(model)
+    if impl == "sdpa":
+        return mask
+    if impl == "eager":
+        dtype = next(model.parameters()).dtype
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+    raise MementoError(f"attention implementation '{impl}' cannot take a dense Memento mask; use sdpa or eager")
+
+
+def _implementation(model) -> str:
+    return getattr(model.config, "_attn_implementation", None) or "eager"
