@@ -20,6 +20,51 @@ from memento.train.masks import for_model
 EMPTY = -1
 
 
+def _pool_layer():
+    """A `DynamicLayer` over a preallocated buffer that doubles when full, so appending a token copies that token
+    only (HF's layer concatenates, copying the whole cache at every step)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class PoolLayer(DynamicLayer):
+        def lazy_initialization(self, key_states, value_states):
+            super().lazy_initialization(key_states, value_states)
+            self.length, self.buffers = 0, None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self.length + key_states.shape[2]
+            self._reserve(key_states, end)
+            self.buffers[0][:, :, self.length : end] = key_states
+            self.buffers[1][:, :, self.length : end] = value_states
+            self._expose(end)
+            return self.keys, self.values
+
+        def replace(self, keys, values) -> None:
+            """Hold exactly `keys` / `values` (B, H, S, D) from now on (after compaction or dropping rows)."""
+            self._reserve(keys, keys.shape[2], keep=False)
+            self.buffers[0][:, :, : keys.shape[2]] = keys
+            self.buffers[1][:, :, : keys.shape[2]] = values
+            self._expose(keys.shape[2])
+
+        def _reserve(self, like, end: int, keep: bool = True) -> None:
+            b, h, _, d = like.shape
+            if self.buffers is not None and self.buffers[0].shape[0] == b and end <= self.buffers[0].shape[2]:
+                return
+            size = max(64, 2 * end)  # room to grow: appends stay amortised O(1)
+            fresh = [like.new_zeros(b, h, size, d) for _ in range(2)]
+            if keep and self.buffers is not None:
+                for new, old in zip(fresh, self.buffers, strict=True):
+                    new[:, :, : self.length] = old[:, :, : self.length]
+            self.buffers = fresh
+
+        def _expose(self, end: int) -> None:
+            self.length = end
+            self.keys, self.values = self.buffers[0][:, :, :end], self.buffers[1][:, :, :end]
+
+    return PoolLayer
+
+
 class SlotCache:
     def __init__(self, model, batch: int):
         from transformers import DynamicCache
@@ -27,8 +72,13 @@ class SlotCache:
         self.model = model
         self.device = next(model.parameters()).device
         self.kv = DynamicCache(config=model.config)
+        if any(type(layer).__name__ != "DynamicLayer" for layer in self.kv.layers):
+            raise MementoError("the reference engine supports full-attention layers only (no sliding windows)")
+        layer = _pool_layer()
+        self.kv.layers = [layer() for _ in self.kv.layers]
         self.pos = torch.empty(batch, 0, dtype=torch.long, device=self.device)  # (B, S) logical position, -1 empty
         self.index = torch.empty(batch, 0, dtype=torch.long, device=self.device)  # (B, S) index in the row's sequence
+        self.dirty = False  # slots were emptied since the last compaction
 
     @property
     def batch(self) -> int:
@@ -69,7 +119,8 @@ class SlotCache:
         out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=self.kv, use_cache=True)
         self.pos = torch.cat([self.pos, torch.where(real, pos, EMPTY)], dim=1)
         self.index = torch.cat([self.index, torch.where(real, idx, EMPTY)], dim=1)
-        if not bool(real.all()):
+        if not bool(real.all()):  # padding queries left slots behind
+            self.dirty = True
             self.compact()
         return out.logits
 
@@ -78,34 +129,52 @@ class SlotCache:
         hit = torch.isin(self.index[row], indices.to(self.device)) & (self.pos[row] != EMPTY)
         self.pos[row, hit] = EMPTY
         self.index[row, hit] = EMPTY
+        self.dirty = True
         return int(hit.sum())
 
     def compact(self) -> None:
-        """Move each row's occupied slots to the front (in order) and cut the cache to the longest row."""
+        """Move each row's occupied slots to the front (in order) and cut the cache to the longest row.
+
+        Between compactions, shorter rows of a batch keep empty (zero, masked) slots up to the longest row.
+        """
+        if not self.dirty:
+            return
+        self.dirty = False
         occupied = self.pos != EMPTY  # (B, S)
         keep = int(occupied.sum(1).max()) if self.slots else 0
         order = torch.argsort((~occupied).to(torch.int8), dim=1, stable=True)[:, :keep]  # (B, S')
         self.pos = self.pos.gather(1, order)
         self.index = self.index.gather(1, order)
-        empty = self.pos == EMPTY
+        empty = (self.pos == EMPTY)[:, None, :, None]
         for layer in self.kv.layers:
             h, d = layer.keys.shape[1], layer.keys.shape[3]
             where = order[:, None, :, None].expand(-1, h, -1, d)
-            layer.keys = layer.keys.gather(2, where).masked_fill_(empty[:, None, :, None], 0.0)
-            layer.values = layer.values.gather(2, where).masked_fill_(empty[:, None, :, None], 0.0)
+            keys = layer.keys.gather(2, where).masked_fill_(empty, 0.0)
+            layer.replace(keys, layer.values.gather(2, where).masked_fill_(empty, 0.0))
+
+    def drop_rows(self, keep: list[int]) -> None:
+        """Keep only the rows `keep` (finished requests leave the batch, and their memory with them)."""
+        rows = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self.pos, self.index = self.pos[rows], self.index[rows]
+        for layer in self.kv.layers:
+            if layer.is_initialized:
+                layer.replace(layer.keys[rows], layer.values[rows])
+        self.dirty = True
+        self.compact()
 
     def check_integrity(self) -> None:
-        """Every layer holds one K/V per slot; each row's tokens are unique; empty slots are zero and trailing."""
+        """Every layer holds one K/V per slot, empty slots are zero (nothing freed lingers), no token is cached twice,
+        and after a compaction the longest row has no empty slot."""
+        empty = self.pos == EMPTY
         for n, layer in enumerate(self.kv.layers):
             if layer.keys.shape[2] != self.slots or layer.values.shape[2] != self.slots:
                 raise AssertionError(f"layer {n}: {layer.keys.shape[2]} cached entries for {self.slots} slots")
-            empty = self.pos == EMPTY
-            if bool(layer.keys.abs().sum(dim=(1, 3)).masked_select(empty).ne(0).any()):
-                raise AssertionError(f"layer {n}: an empty slot holds a key")
+            for name, tensor in (("key", layer.keys), ("value", layer.values)):
+                if bool(tensor.abs().sum(dim=(1, 3)).masked_select(empty).ne(0).any()):
+                    raise AssertionError(f"layer {n}: an empty slot holds a {name}")
         for row in range(self.batch):
-            live = self.index[row][self.index[row] != EMPTY]
-            if len(live) != len(set(live.tolist())):
+            live = self.index[row][self.index[row] != EMPTY].tolist()
+            if len(live) != len(set(live)):
                 raise AssertionError(f"row {row}: a token is cached twice")
-            count = len(live)
-            if bool((self.pos[row, :count] == EMPTY).any()) and self.slots:
-                raise AssertionError(f"row {row}: an empty slot before an occupied one")
+        if not self.dirty and self.slots and int(self.occupancy().max()) != self.slots:
+            raise AssertionError("compacted, yet no row fills the cache")

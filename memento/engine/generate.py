@@ -143,7 +143,7 @@ class ReferenceEngine:
         where: list[list[int]] = [[] for _ in slots]
 
         def admit(s: int) -> None:
-            if not queue:
+            if not queue:  # the slot leaves the batch at the end of this step
                 slots[s], rows[s], chunks[s], where[s] = None, None, [], []
                 return
             r = queue.popleft()
@@ -187,7 +187,12 @@ class ReferenceEngine:
                 if block is not None:
                     self.decoder.evict(rows, cache, s, block)
                 chunks[s], where[s] = [token], [len(row.ids) - 1]
-            cache.compact()
+            if None in slots and any(r is not None for r in slots):
+                keep = [s for s, r in enumerate(slots) if r is not None]
+                cache.drop_rows(keep)
+                slots, rows, chunks, where = ([x[s] for s in keep] for x in (slots, rows, chunks, where))
+            elif None not in slots:
+                cache.compact()
         return results
 
     def _steer(self, row: Row, logits: torch.Tensor, sampling: Sampling, generator) -> int:
