@@ -292,6 +292,8 @@ def train(
 
     config = load_recipe(recipe, ctx.args)
     result = run_training(config, resume=resume, progress=not quiet)
+    if not result.main_process:
+        return
     table = Table(title=f"held-out loss by token kind ({result.counts['eval']} examples)")
     table.add_column("after stage")
     table.add_column("mask")

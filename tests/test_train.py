@@ -194,3 +194,20 @@ def test_gradient_checkpointing_and_bf16_train(tmp_path):
     run = train(from_dict(values), progress=False)
     assert all(np.isfinite(v) for _, v in losses(tmp_path / "log.jsonl"))
     assert run.final == tmp_path / "masked" and (run.final / "model.safetensors").exists()
+
+
+def test_two_process_ddp_on_cpu_through_accelerate_launch(tmp_path):
+    """The same command under `accelerate launch` (2 CPU processes, gloo): no code change, one log, one model."""
+    import subprocess
+    import sys
+
+    launcher = Path(sys.executable).parent / "accelerate"
+    recipe = RECIPES / "cpu-tiny.yaml"
+    args = ["--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    overrides = [f"out={tmp_path}", "data.train=toy:sums?n=64", "stages.0.max_steps=2", "stages.1.max_steps=2"]
+    command = [str(launcher), "launch", *args, "-m", "memento", "train", "--recipe", str(recipe), "--quiet"]
+    proc = subprocess.run([*command, *overrides], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("held-out loss by token kind") == 1, "only the main process reports"
+    assert [s for s, _ in losses(tmp_path / "log.jsonl")] == [1, 2, 3, 4]
+    assert (tmp_path / "stage2" / "model.safetensors").exists()

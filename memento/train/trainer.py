@@ -44,6 +44,7 @@ class Run(NamedTuple):
     final: Path  # the HF folder of the last stage
     evals: dict  # stage name -> mask -> token kind -> mean loss
     counts: dict  # dataset counts (examples, truncated, dropped, eval)
+    main_process: bool = True  # False on the other ranks of a multi-process launch
 
 
 def _step_batches(config: TrainConfig, stage_index: int, n: int, steps: int, rank: int, world: int):
@@ -157,7 +158,7 @@ class Trainer:
             evals[stage.name] = self._evaluate(model, stage, global_step)
         if self.writer:
             self.writer.close()
-        return Run(self.out, final, evals, counts)
+        return Run(self.out, final, evals, counts, self.accelerator.is_main_process)
 
     def _stage(self, model, tokenizer, index, stage: Stage, steps, skip, state_dir, offset, on_step):
         from transformers import get_scheduler
