@@ -3,19 +3,20 @@
 Run: .venv/bin/python benchmarks/train_step.py   (writes benchmarks/results/train_step.md and .json; ~7 min)
 
 A step is what the trainer runs per micro-batch: `token_losses` under the stage's mask, `losses.sum() / tokens`,
-backward, gradient clipping, AdamW. Three masks on the same tokens:
+backward, gradient clipping, AdamW. Four variants on the same tokens:
 
 - causal: stage 1 as trained (the model builds its own mask; the batch has no padding, so SDPA gets `is_causal`);
 - explicit: the stage-2 code path (`model_mask` -> dense boolean (B, 1, T, T)) with a schedule that evicts nothing,
-  i.e. a plain causal mask passed explicitly; it separates "an explicit mask" from "the Memento pattern";
-- memento: stage 2 with `EvictionPolicy(0)` (the paper's default).
+  i.e. a plain causal mask passed explicitly, through plain `sdpa`;
+- memento-sdpa: stage 2 with `EvictionPolicy(0)` (the paper's default) through plain `sdpa`;
+- memento: the same through `memento_sdpa` (memento/train/attention.py), the trainer's default.
 
-Per (model, precision), one process (`--timing`) times the three masks interleaved round by round, so load from
-elsewhere on the machine hits them alike, and times the attention kernel alone (SDPA forward + backward at the
-model's shapes, with a prototype of a cheaper Memento attention, `chunked`); fresh processes (`--memory`) read the
-peak RSS (ru_maxrss) of two steps under each mask. Sequences are complete synthetic traces of up to the length,
-blocks ~length/8 tokens with mementos ~1/7 of a block (about the OpenMementos ratio); every row of a batch is the
-same trace, so there is no padding (the causal step's best case: with padding it too gets an explicit mask).
+Per (model, precision), one process (`--timing`) times the variants interleaved round by round, so load from
+elsewhere on the machine hits them alike, and times the attention kernel alone (forward + backward at the model's
+shapes); fresh processes (`--memory`) read the peak RSS (ru_maxrss) of two steps under each variant. Sequences
+are complete synthetic traces of up to the length, blocks ~length/8 tokens with mementos ~1/7 of a block (about
+the OpenMementos ratio); every row of a batch is the same trace, so there is no padding (the causal step's best
+case: with padding it too gets an explicit mask).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ CONFIGS = {  # name: tokenizer, Llama config, batch, length, warm-up steps, time
     "small-chars-2048": ("chars", SMALL, 4, 2048, 2, 5),
     "llama22m-smollm2-1024": ("smollm2", MID, 1, 1024, 2, 7),
 }
-MASKS = ("causal", "explicit", "memento")
+MASKS = ("causal", "explicit", "memento-sdpa", "memento")
+RSS_MASKS = ("causal", "memento-sdpa", "memento")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -79,6 +81,7 @@ class Setup:
 
         from memento.engine.policy import EvictionPolicy
         from memento.tokenizer import load_tokenizer
+        from memento.train.attention import register
         from memento.train.dataset import IGNORE, Collator, build_examples
 
         torch.set_num_threads(THREADS)
@@ -93,6 +96,7 @@ class Setup:
         self.batch = {kind: collate(self.examples) for kind, collate in self.collate.items()}
         config = AutoConfig.for_model("llama", vocab_size=len(tokenizer), max_position_embeddings=4096,
                                       tie_word_embeddings=True, **values)  # fmt: skip
+        register()
         self.model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
         self.model.config.pad_token_id = tokenizer.pad_token_id
         self.model.train()
@@ -105,10 +109,11 @@ class Setup:
                      "padding": int(self.batch["causal"]["pad"].sum())}  # fmt: skip
 
     def step(self, mask: str) -> float:
-        """One trainer micro-step under `mask` (causal | explicit | memento); wall ms."""
+        """One trainer micro-step of a variant (causal | explicit | memento-sdpa | memento); wall ms."""
         from memento.train.losses import token_losses
 
-        batch = self.batch["memento" if mask == "memento" else "causal"]
+        self.model.set_attn_implementation("memento_sdpa" if mask == "memento" else "sdpa")
+        batch = self.batch["memento" if mask.startswith("memento") else "causal"]
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
         t0 = time.perf_counter()
         with autocast:
@@ -131,8 +136,8 @@ def median_ms(fn, reps: int = 7) -> float:
 
 
 def timing(name: str, precision: str) -> dict:
-    """Step times of the three masks, interleaved round by round (the order rotating) so that load from elsewhere
-    on the machine hits all three alike; plus the mask and collate costs and the attention kernel alone."""
+    """Step times of the variants, interleaved round by round (the order rotating) so that load from elsewhere
+    on the machine hits them alike; plus the mask and collate costs and the attention kernel alone."""
     from memento.train.masks import dense_mask, model_mask
 
     s = Setup(name, precision)
@@ -141,7 +146,7 @@ def timing(name: str, precision: str) -> dict:
             s.step(mask)
     times = {mask: [] for mask in MASKS}
     for r in range(s.timed):
-        for mask in MASKS[r % 3 :] + MASKS[: r % 3]:
+        for mask in MASKS[r % len(MASKS) :] + MASKS[: r % len(MASKS)]:
             times[mask].append(s.step(mask))
     batch = s.batch["memento"]
     n = s.info["length"]
@@ -157,8 +162,9 @@ def timing(name: str, precision: str) -> dict:
 
 
 def attention(s: Setup) -> dict:
-    """SDPA alone, forward + backward, at one layer's shapes: is_causal, a causal bool mask, the Memento mask, and
-    two prototypes of a cheaper Memento attention (see `chunked`)."""
+    """The attention kernel alone, forward + backward at one layer's shapes: SDPA with is_causal, with a causal
+    boolean mask, with the Memento mask, and `chunked_sdpa` (what `memento_sdpa` runs) with the Memento mask."""
+    from memento.train.attention import chunked_sdpa
     from memento.train.masks import dense_mask
 
     values = s.info["model_config"]
@@ -172,13 +178,11 @@ def attention(s: Setup) -> dict:
     kernels = {
         "causal": lambda: sdpa(q, k, v, is_causal=True),
         "explicit": lambda: sdpa(q, k, v, attn_mask=causal),
-        "memento": lambda: sdpa(q, k, v, attn_mask=memento),
-        "chunked": lambda: chunked(q, k, v, memento, compact=False),
-        "compact": lambda: chunked(q, k, v, memento, compact=True),
+        "memento-sdpa": lambda: sdpa(q, k, v, attn_mask=memento),
+        "memento": lambda: chunked_sdpa(q, k, v, memento),
     }
-    reference = kernels["memento"]().float()
-    for name in ("chunked", "compact"):
-        assert torch.allclose(kernels[name]().float(), reference, atol=5e-2 if dtype == torch.bfloat16 else 1e-4)
+    tolerance = 5e-2 if dtype == torch.bfloat16 else 1e-4
+    assert torch.allclose(kernels["memento"]().float(), kernels["memento-sdpa"]().float(), atol=tolerance)
 
     def run(kernel):
         kernel().sum().backward()
@@ -190,22 +194,8 @@ def attention(s: Setup) -> dict:
     return {"shape": [b, heads, n, dim]} | {f"{name}_ms": median_ms(lambda f=f: run(f)) for name, f in kernels.items()}
 
 
-def chunked(q, k, v, mask, chunk: int = 256, compact: bool = True):
-    """Prototype: the Memento mask through SDPA one query chunk at a time, keys cut at the chunk's end (the causal
-    upper triangle is never computed) and, with `compact`, only the keys some query of the chunk sees (evicted blocks
-    are skipped; the union over the batch's rows, here all alike)."""
-    n, outs = q.shape[2], []
-    for a in range(0, n, chunk):
-        e = min(a + chunk, n)
-        m = mask[:, :, a:e, :e]
-        keys = m.any(dim=(0, 1, 2)).nonzero().squeeze(1) if compact else slice(0, e)
-        outs.append(torch.nn.functional.scaled_dot_product_attention(q[:, :, a:e], k[:, :, keys], v[:, :, keys],
-                                                                     attn_mask=m[..., keys]))  # fmt: skip
-    return torch.cat(outs, dim=2)
-
-
 def memory(name: str, precision: str, mask: str) -> dict:
-    """Peak RSS of a fresh process that sets up and runs two steps under `mask` (the optimizer state included)."""
+    """Peak RSS of a fresh process that sets up and runs two steps of a variant (the optimizer state included)."""
     s = Setup(name, precision)
     setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for _ in range(2):
@@ -226,43 +216,45 @@ def report(runs: list[dict], seconds: float) -> None:
 
     lines = header(
         "Training step: Memento mask (stage 2) vs causal (stage 1) on CPU", "train_step.py",
-        f"torch {torch.__version__}, {THREADS} threads, SDPA attention, AdamW. Total run {seconds / 60:.1f} min.",
+        f"torch {torch.__version__}, {THREADS} threads, AdamW. Total run {seconds / 60:.1f} min.",
         "",
         "Step = forward + loss + backward + clip + AdamW, the trainer's micro-step. *causal*: stage 1 (the model's "
         "own mask; no padding, so SDPA runs `is_causal`); *explicit*: the stage-2 code path with a schedule that "
-        "evicts nothing, i.e. a dense causal boolean mask; *memento*: stage 2 with `EvictionPolicy(0)`. Times are "
-        "medians over rounds that interleave the three masks in one process (the order rotating), after warm-up. "
-        "ratio = memento / causal (target <= 1.3). Mask build = `model_mask` (dense (B, 1, T, T) bool from schedule "
-        "+ pad; part of the memento and explicit steps). Density = attended pairs / causal pairs. Peak RSS = "
-        "ru_maxrss of a fresh process that builds the model and runs two steps under that mask.",
+        "evicts nothing, i.e. a dense causal boolean mask, through plain `sdpa`; *memento, sdpa*: stage 2 with "
+        "`EvictionPolicy(0)` through plain `sdpa`; *memento*: the same through `memento_sdpa` (chunked SDPA over the "
+        "keys each chunk of 256 queries sees; the trainer's default). Times are medians over rounds that interleave "
+        "the variants in one process (the order rotating), after warm-up. ratio = memento / causal (target <= 1.3). "
+        "Mask build = `model_mask` (dense (B, 1, T, T) bool from schedule + pad; part of the stage-2 steps). "
+        "Density = attended pairs / causal pairs. Peak RSS = ru_maxrss of a fresh process that builds the model and "
+        "runs two steps of that variant.",
     )  # fmt: skip
     for precision in PRECISIONS:
         lines += [
             "", f"## {precision}" + (" (torch.autocast cpu bfloat16, fp32 weights)" if precision == "bf16" else ""), "",
-            "| model | params | batch x length | causal ms | explicit ms | memento ms | ratio | mask build ms "
-            "| density | peak RSS MB (causal, memento) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| model | params | batch x length | causal ms | explicit ms | memento, sdpa ms | memento ms | ratio "
+            "| mask build ms | density | peak RSS MB (causal, memento sdpa, memento) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]  # fmt: skip
         for r in (r for r in runs if r["precision"] == precision):
             v = r["model_config"]
             model = f"Llama h{v['hidden_size']} x{v['num_hidden_layers']}, {r['tokenizer']} vocab"
+            rss = ", ".join(f"{r['rss'][m]:.0f}" for m in RSS_MASKS)
             lines.append(
                 f"| {model} | {r['params'] / 1e6:.2f}M | {r['batch']} x {r['length']} | {r['causal_ms']:.0f} "
-                f"| {r['explicit_ms']:.0f} | {r['memento_ms']:.0f} | {r['memento_ms'] / r['causal_ms']:.2f} "
-                f"| {r['mask_ms']:.1f} | {r['mask_density']:.2f} "
-                f"| {r['rss']['causal']:.0f}, {r['rss']['memento']:.0f} |"
+                f"| {r['explicit_ms']:.0f} | {r['memento-sdpa_ms']:.0f} | {r['memento_ms']:.0f} "
+                f"| {r['memento_ms'] / r['causal_ms']:.2f} | {r['mask_ms']:.1f} | {r['mask_density']:.2f} "
+                f"| {rss} |"
             )
-    lines += ["", "## Attention alone (one SDPA call, forward + backward, ms)", "",
-              "| model | precision | B, H, T, D | is_causal | causal bool mask | memento bool mask "
-              "| memento, chunked | memento, chunked + compact |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", "## Attention alone (forward + backward, ms)", "",
+              "| model | precision | B, H, T, D | SDPA is_causal | SDPA causal bool mask | SDPA Memento mask "
+              "| chunked_sdpa, Memento mask |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in runs:
         a = r["attention"]
         lines.append(
             f"| h{r['model_config']['hidden_size']}, {r['batch']} x {r['length']} | {r['precision']} "
             f"| {', '.join(map(str, a['shape']))} | {a['causal_ms']:.1f} | {a['explicit_ms']:.1f} "
-            f"| {a['memento_ms']:.1f} "
-            f"| {a['chunked_ms']:.1f} | {a['compact_ms']:.1f} |"
+            f"| {a['memento-sdpa_ms']:.1f} | {a['memento_ms']:.1f} |"
         )
     lines += ["", "## Findings", "", *findings(runs)]
     write("train_step", {"runs": runs}, lines)
@@ -274,35 +266,27 @@ def findings(runs: list[dict]) -> list[str]:
     def span(values, fmt="{:.2f}"):
         return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
 
-    def share(r):  # the attention kernel's share of the Memento step
-        return r["model_config"]["num_hidden_layers"] * r["attention"]["memento_ms"] / r["memento_ms"]
-
     ratio = {p: [r["memento_ms"] / r["causal_ms"] for r in runs if r["precision"] == p] for p in PRECISIONS}
+    plain = [r["memento-sdpa_ms"] / r["causal_ms"] for r in runs]
     missed = [f"{r['config']} {r['precision']}" for r in runs if r["memento_ms"] / r["causal_ms"] > 1.3]
-    low = min(runs, key=share)
-    explicit = [r["explicit_ms"] / r["causal_ms"] for r in runs]
-    pattern = [r["memento_ms"] / r["explicit_ms"] for r in runs]
-    kernel = [r["attention"]["memento_ms"] / r["attention"]["causal_ms"] for r in runs]
-    compact = [r["attention"]["compact_ms"] / r["attention"]["causal_ms"] for r in runs]
+    kernel = [r["attention"]["memento-sdpa_ms"] / r["attention"]["causal_ms"] for r in runs]
+    chunked = [r["attention"]["memento_ms"] / r["attention"]["causal_ms"] for r in runs]
     mask = [100 * r["mask_ms"] / r["memento_ms"] for r in runs]
-    big = max(runs, key=lambda r: r["rss"]["memento"] - r["rss"]["causal"])
+    big = max(runs, key=lambda r: r["rss"]["memento-sdpa"] - r["rss"]["causal"])
     copy = big["batch"] * big["length"] ** 2 * (4 if big["precision"] == "fp32" else 2) / 2**20
     return [
-        f"Memento / causal step time is {span(ratio['fp32'])}x in fp32 and {span(ratio['bf16'])}x in bf16: the 1.3x "
-        + (f"target is missed for {', '.join(missed)}" if missed else "target holds everywhere measured")
-        + f". Where attention is a small part of the step ({100 * share(low):.0f}% for {low['config']}), the three "
-        "columns agree within this shared 2-core machine's step-to-step noise.",
-        f"The cost is the explicit mask, not the Memento pattern: a causal mask passed explicitly costs "
-        f"{span(explicit)}x the is_causal step and the Memento step is {span(pattern)}x that; alone, SDPA with the "
-        f"Memento boolean mask takes {span(kernel)}x its is_causal time, because with a mask PyTorch's CPU flash "
-        "kernel computes every query-key block (the causal upper triangle included) and skips nothing evicted.",
-        f"Building the mask is {span(mask, '{:.1f}')}% of the Memento step; peak RSS grows by up to "
-        f"{big['rss']['memento'] - big['rss']['causal']:.0f} MB ({big['config']} {big['precision']}) because SDPA "
-        f"turns the boolean mask into a {copy:.0f} MB float copy in each of the "
-        f"{big['model_config']['num_hidden_layers']} layers and keeps it for backward.",
-        f"The prototype `chunked` (not in the library: SDPA per 256-query chunk, keys cut at the chunk's end and "
-        f"limited to those some query of the chunk sees) runs the Memento attention in {span(compact)}x the "
-        "is_causal time, so the mask's sparsity can pay for itself on CPU.",
+        f"Memento / causal step time is {span(ratio['fp32'])}x in fp32 and {span(ratio['bf16'])}x in bf16 with "
+        "`memento_sdpa`: the 1.3x target "
+        + (f"is missed for {', '.join(missed)}" if missed else "holds everywhere measured")
+        + f". Through plain `sdpa` the same step costs {span(plain)}x the causal one.",
+        f"Why: alone, SDPA under the Memento boolean mask takes {span(kernel)}x its is_causal time, because with a "
+        "mask PyTorch's CPU kernel computes every query-key block (the causal upper triangle included) and skips "
+        f"nothing evicted; `chunked_sdpa` computes only what the mask lets through and takes {span(chunked)}x.",
+        f"Building the mask is {span(mask, '{:.1f}')}% of the Memento step. Through plain `sdpa`, peak RSS grows by "
+        f"up to {big['rss']['memento-sdpa'] - big['rss']['causal']:.0f} MB ({big['config']} {big['precision']}): "
+        f"SDPA turns the boolean mask into a {copy:.0f} MB float copy in each of the "
+        f"{big['model_config']['num_hidden_layers']} layers and keeps it for backward; `memento_sdpa` "
+        f"{big['rss']['memento'] - big['rss']['causal']:+.0f} MB.",
     ]
 
 
@@ -320,7 +304,7 @@ def main() -> None:
     for precision in PRECISIONS:
         for name in args.only:
             r = spawn("--timing", name, precision)
-            r["rss"] = {mask: spawn("--memory", name, precision, mask)["rss_peak_mb"] for mask in ("causal", "memento")}
+            r["rss"] = {mask: spawn("--memory", name, precision, mask)["rss_peak_mb"] for mask in RSS_MASKS}
             runs.append(r)
             print(f"{name} {precision}: " + ", ".join(f"{m} {r[f'{m}_ms']:.0f} ms" for m in MASKS)
                   + f", attention {r['attention']}, rss {r['rss']}", flush=True)  # fmt: skip

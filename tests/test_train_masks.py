@@ -17,6 +17,7 @@ from memento.errors import MementoError
 from memento.spans import label
 from memento.stats import label_trace
 from memento.tokenizer import memento_ids
+from memento.train.attention import register
 from memento.train.masks import dense_mask, flex_block_mask, mask_mod, model_mask, reference_mask, schedules
 
 
@@ -78,12 +79,13 @@ def test_model_mask_matches_each_attention_implementation(smollm2_dir):
     config = LlamaConfig(
         vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
     )
-    for impl in ("sdpa", "eager"):
+    register()
+    for impl in ("sdpa", "memento_sdpa", "eager"):
         config._attn_implementation = impl
         mask = model_mask(LlamaForCausalLM(config), schedule, pad)
         seen = mask if mask.dtype == torch.bool else mask == 0
         assert torch.equal(seen, dense_mask(schedule, pad))
-        assert mask.dtype == (torch.bool if impl == "sdpa" else torch.float32)
+        assert mask.dtype == (torch.float32 if impl == "eager" else torch.bool)
     config._attn_implementation = "flex_attention"
     with pytest.raises(MementoError, match="needs CUDA"):
         model_mask(LlamaForCausalLM(config), schedule, pad)

@@ -184,9 +184,8 @@ class ReferenceEngine:
                     cache.free(s, torch.tensor(row_indices(row)))
                     admit(s)
                     continue
-                if block is not None:
-                    self.decoder.evict(rows, cache, s, block)
-                chunks[s], where[s] = [token], [len(row.ids) - 1]
+                redo = self.decoder.evict(rows, cache, s, block) if block is not None else []
+                chunks[s], where[s] = [row.ids[i] for i in redo] + [token], [*redo, len(row.ids) - 1]
             if None in slots and any(r is not None for r in slots):
                 keep = [s for s, r in enumerate(slots) if r is not None]
                 cache.drop_rows(keep)

@@ -4,7 +4,7 @@ While tokens are produced (sampled, or forced in teacher forcing), each row's `L
 `EvictionTracker` says when a block's KV must go; the block's slots are freed *before* the triggering token is fed
 (so `<|summary_end|>` does not see its block) and the cache is compacted. In restart mode (strict forgetting) every
 surviving token fed after the first evicted one is then recomputed over what survives, so no retained KV was
-computed while the block was visible.
+computed while the block was visible; those tokens are fed again in the same forward as the row's next token.
 
 This file holds the mechanics shared by teacher forcing and generation; `generate.py` adds sampling, stopping and
 statistics on top.
@@ -82,47 +82,42 @@ class Decoder:
     def step(self, rows: list[Row], cache: SlotCache, tokens: list[int | None]) -> torch.Tensor:
         """Feed one token per row (None: the row is done and feeds nothing); return (B, V) logits.
 
-        Evictions the new tokens trigger happen first, then restart recomputation, then the forward.
+        Evictions the new tokens trigger happen first; in restart mode the tokens to recompute go into the same
+        forward, ahead of the new token.
         """
+        chunks: list[list[int]] = [[] for _ in rows]
+        where: list[list[int]] = [[] for _ in rows]
         for r, (row, token) in enumerate(zip(rows, tokens, strict=True)):
             if token is None:
                 continue
             block = row.add(token)
-            if block is not None:
-                self.evict(rows, cache, r, block)
-        chunk = [[] if t is None else [t] for t in tokens]
-        where = [[] if t is None else [len(row.ids) - 1] for row, t in zip(rows, tokens, strict=True)]
-        logits = cache.feed(chunk, where, where)[:, -1]
+            redo = self.evict(rows, cache, r, block) if block is not None else []
+            chunks[r] = [row.ids[i] for i in redo] + [token]
+            where[r] = [*redo, len(row.ids) - 1]
+        cache.compact()
+        logits = cache.feed(chunks, where, where)
         held = cache.occupancy().tolist()
-        for row, token, n in zip(rows, tokens, held, strict=True):
-            if token is not None:
+        for row, chunk, n in zip(rows, chunks, held, strict=True):
+            if chunk:
                 row.kv_timeline.append(int(n))
-        return logits
+        return torch.stack([logits[r, max(len(c), 1) - 1] for r, c in enumerate(chunks)])
 
-    def evict(self, rows: list[Row], cache: SlotCache, r: int, block: int) -> None:
+    def evict(self, rows: list[Row], cache: SlotCache, r: int, block: int) -> list[int]:
+        """Free row r's `block`. Restart mode also frees every surviving token fed after the block's first token and
+        returns their indices: the caller feeds them again, in order and before the row's new token, so their KV is
+        recomputed over what survives (one forward for the whole batch, not one per eviction)."""
         row = rows[r]
         gone = row.block_tokens(block)
         freed = cache.free(r, gone)
         row.evicted_tokens += freed
         row.evictions += 1
-        if self.policy.restart and freed:
-            self.recompute(rows, cache, r, int(gone.min()))
-        cache.compact()
-
-    def recompute(self, rows: list[Row], cache: SlotCache, r: int, after: int) -> None:
-        """Re-feed row r's surviving tokens with index > `after` (all fed ones but the newest) over the survivors."""
-        row = rows[r]
-        fed = len(row.ids) - 1  # the newest token is not fed yet
+        if not (self.policy.restart and freed):
+            return []
+        after, fed = int(gone.min()), len(row.ids) - 1  # the newest token is not fed yet
         redo = sorted(int(i) for i in cache.index[r].tolist() if after < i < fed)
-        if not redo:
-            return
-        cache.free(r, torch.tensor(redo))
-        cache.compact()
-        chunks = [[] for _ in rows]
-        chunks[r] = [row.ids[i] for i in redo]
-        where = [[] for _ in rows]
-        where[r] = redo
-        cache.feed(chunks, where, where)
+        if redo:
+            cache.free(r, torch.tensor(redo))
+        return redo
 
     @torch.no_grad()
     def teacher_force(self, ids: list[int], completion_start: int) -> torch.Tensor:

@@ -91,7 +91,8 @@ class TrainConfig:
     global_batch_size: int = 8
     precision: str = "bf16"  # bf16 | fp32 (bf16 autocast, fp32 master weights)
     gradient_checkpointing: bool = False
-    attn_implementation: str = "sdpa"  # sdpa | eager | flex_attention (CUDA)
+    attn_implementation: str = "memento_sdpa"  # memento_sdpa (sdpa that skips masked work on CPU) | sdpa | eager
+    # | flex_attention (CUDA)
     seed: int = 0
     log_every: int = 1
     eval_every: int = 0  # optimizer steps; 0: at the end of each stage only

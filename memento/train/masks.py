@@ -133,11 +133,11 @@ def model_mask(model, schedule: torch.Tensor, pad: torch.Tensor, restart: bool =
 def for_model(model, mask: torch.Tensor) -> torch.Tensor:
     """A boolean (B, 1, Q, K) mask (True = attend) as `model` must receive it.
 
-    sdpa takes booleans; eager *adds* its mask to the scores, so a boolean would be silently misread (True becomes
-    +1, nothing is masked): it gets 0 / dtype-min instead.
+    sdpa and `memento_sdpa` (see `attention.py`) take booleans; eager *adds* its mask to the scores, so a boolean
+    would be silently misread (True becomes +1, nothing is masked): it gets 0 / dtype-min instead.
     """
     impl = _implementation(model)
-    if impl == "sdpa":
+    if impl in ("sdpa", "memento_sdpa"):
         return mask
     if impl == "eager":
         dtype = next(model.parameters()).dtype

@@ -44,6 +44,10 @@ def load_model(config, weights: Path | None = None):
     added = add_memento_tokens(tokenizer)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if config.attn_implementation == "memento_sdpa":
+        from memento.train.attention import register
+
+        register()
     kwargs = dict(attn_implementation=config.attn_implementation)
     if weights is not None:
         model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32, **kwargs)
