@@ -388,15 +388,7 @@ def generate(
         out.print(f"plot: {data['plot']}")
 
 
-@app.command()
-@_user_errors
-def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the plot.")] = Path("demo-out"),
-):
-    """The built-in demo: inspect a worked Memento trace and plot its KV sawtooth for Qwen3-8B."""
-    out.rule("memento inspect")
-    inspect(EXAMPLE, tokenizer="qwen", as_json=False, lenient=False)
-    out.rule("memento kv --model qwen3-8b")
-    plot = out_dir / "kv_sawtooth.png"
-    kv(EXAMPLE, model="qwen3-8b", policy="keep0", mask_delimiters=False, keep_last_block_for_answer=False,
-       restart=False, tokenizer=None, plot=plot, index=0, as_json=False, lenient=False)  # fmt: skip
+from memento import cli_science  # noqa: E402  (the science commands, registered here)
+
+app.command()(_user_errors(cli_science.demo))
+app.command()(_user_errors(cli_science.probe))

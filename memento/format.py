@@ -152,6 +152,16 @@ def render(trace: Trace) -> str:
     return "".join(parts)
 
 
+def render_plain(trace: Trace) -> str:
+    """The same reasoning as plain chain of thought: block texts joined by newlines, no mementos, no Memento tokens.
+    What the paper's *Control* models train on (the base model fine-tuned on the same traces, without the format)."""
+    for i, block in enumerate(trace.blocks):
+        _check_plain(block.text, f"block {i + 1} text")
+    _check_plain(trace.answer, "answer")
+    reasoning = "\n".join(block.text for block in trace.blocks)
+    return THINK_START + GLUE + reasoning + GLUE + THINK_END + ANSWER_SEP + trace.answer
+
+
 def _check_plain(text: str, where: str) -> None:
     for token in SPECIAL_TOKENS:
         if token in text:

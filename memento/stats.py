@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from memento.format import Trace, render
+from memento.format import Trace, render, render_plain
 from memento.spans import Kind, Spans, label
 from memento.tokenizer import Encoded, encode_chat, memento_ids
 
@@ -20,9 +20,10 @@ class Labelled(NamedTuple):
     spans: Spans
 
 
-def label_trace(trace: Trace, tokenizer) -> Labelled:
-    """Encode `trace` as a one-turn chat and label every token."""
-    encoded = encode_chat(tokenizer, trace.problem, render(trace))
+def label_trace(trace: Trace, tokenizer, plain: bool = False) -> Labelled:
+    """Encode `trace` as a one-turn chat and label every token; `plain`: in the Control format (`render_plain`),
+    whose reasoning is labelled as the glue after `<think>` (it has no blocks)."""
+    encoded = encode_chat(tokenizer, trace.problem, render_plain(trace) if plain else render(trace))
     return Labelled(encoded, label(encoded.ids, memento_ids(tokenizer), encoded.completion_start))
 
 

@@ -22,7 +22,7 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def test_version_and_help_on_every_command():
     assert run("--version").stdout.startswith("memento ")
-    for command in ("inspect", "kv", "demo", "data build", "train", "generate"):
+    for command in ("inspect", "kv", "demo", "probe", "data build", "train", "generate"):
         assert "Usage: memento " + command in run(*command.split(), "--help").stdout
 
 
@@ -60,11 +60,21 @@ def test_kv_with_hf_model_folder(smollm2_dir, shared_examples):
     assert result["peak_ratio"] > 1.5
 
 
-def test_demo_writes_the_plot(tmp_path):
-    proc = run("demo", "--out", str(tmp_path))
-    assert (tmp_path / "kv_sawtooth.png").exists()
-    assert "plot: " + str(tmp_path / "kv_sawtooth.png") in proc.stdout
-    assert "lower" in proc.stdout
+def test_probe_on_a_shipped_checkpoint():
+    """The probe as a tool: a real trained toy model, a few traces (the full demo runs in tests/test_demo.py)."""
+    from memento.toy.demo import SHIPPED
+
+    result = json.loads(run("probe", "--model", str(SHIPPED / "curriculum"), "--n", "60", "--json").stdout)
+    assert set(result) == {"evict", "restart"}
+    rows = result["evict"]
+    assert {r["role"] for r in rows} >= {"causal control", "direct", "masked +1"}
+    assert len(rows) == 4 * 10 and all(0 <= r["accuracy"] <= 1 for r in rows)
+    bad = run("probe", "--model", str(SHIPPED / "curriculum"), "--block", "0", check=False)
+    assert bad.returncode == 2 and "blocks count from 1" in bad.stderr
+    assert (
+        run("demo", "--ship", check=False).stderr.strip()
+        == "error: --ship needs --full (it ships the models that run trains)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,7 @@ text, so any tokenizer works; used by the training tests and the CPU recipe (`to
 from __future__ import annotations
 
 import random
-from urllib.parse import parse_qsl
 
-from memento.errors import MementoError
 from memento.format import Block, Trace
 
 
@@ -31,18 +29,3 @@ def sums_traces(n: int = 400, seed: int = 0, blocks: tuple[int, int] = (2, 4), t
         problem = "Add these numbers: " + ", ".join(map(str, numbers)) + "."
         out.append(Trace(problem, parts, f"The sum is \\boxed{{{total}}}."))
     return out
-
-
-TASKS = {"sums": sums_traces}
-
-
-def from_spec(spec: str) -> list[Trace]:
-    """Traces of a `toy:NAME?key=value&...` spec, e.g. `toy:sums?n=400&seed=0`."""
-    name, _, query = spec.removeprefix("toy:").partition("?")
-    if name not in TASKS:
-        raise MementoError(f"'{spec}': unknown toy task '{name}'; known: {', '.join(TASKS)}")
-    try:
-        params = {k: int(v) for k, v in parse_qsl(query, strict_parsing=bool(query))}
-        return TASKS[name](**params)
-    except (TypeError, ValueError) as e:
-        raise MementoError(f"'{spec}': bad parameters: {e}") from None

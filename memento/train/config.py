@@ -42,6 +42,7 @@ class Data:
     eval_fraction: float = 0.05
     max_length: int = 32768
     overlong: str = "truncate"  # truncate | drop
+    format: str = "memento"  # memento | plain (the Control: the same reasoning without blocks or mementos)
 
     def __post_init__(self):
         if isinstance(self.train, str):
@@ -52,6 +53,8 @@ class Data:
             raise MementoError("data.train: give at least one file of Memento traces")
         if self.overlong not in OVERLONG:
             raise MementoError(f"data.overlong must be one of {', '.join(OVERLONG)}, got '{self.overlong}'")
+        if self.format not in ("memento", "plain"):
+            raise MementoError(f"data.format must be memento or plain, got '{self.format}'")
         if not 0 <= self.eval_fraction < 1:
             raise MementoError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
 
@@ -113,6 +116,8 @@ class TrainConfig:
         if self.micro_batch_size < 1 or self.global_batch_size < self.micro_batch_size:
             raise MementoError("batch sizes: need 1 <= micro_batch_size <= global_batch_size")
         self.memento_policy()  # validates
+        if self.data.format == "plain" and any(s.mask == "memento" for s in self.stages):
+            raise MementoError("data.format plain has no blocks to mask: train it with causal stages only")
 
     def memento_policy(self) -> EvictionPolicy:
         try:

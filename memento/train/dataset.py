@@ -62,18 +62,21 @@ def fit(example: Example, max_length: int, special) -> Example | None:
 
 
 def build_examples(
-    traces: Iterable[Trace], tokenizer, max_length: int, overlong: str = "truncate"
+    traces: Iterable[Trace], tokenizer, max_length: int, overlong: str = "truncate", plain: bool = False
 ) -> tuple[list[Example], Counter]:
-    """Tokenize and label traces; return the examples and counts (`examples`, `truncated`, `dropped`)."""
+    """Tokenize and label traces; return the examples and counts (`examples`, `truncated`, `dropped`).
+
+    `plain`: in the Control format (`format.render_plain`: the reasoning without blocks or mementos); overlong plain
+    examples have no memento to cut after, so they are dropped."""
     if overlong not in OVERLONG:
         raise MementoError(f"overlong must be one of {', '.join(OVERLONG)}, got '{overlong}'")
     special = memento_ids(tokenizer)
     out, counts = [], Counter()
     for trace in traces:
-        encoded, spans = label_trace(trace, tokenizer)
+        encoded, spans = label_trace(trace, tokenizer, plain)
         example = Example(np.asarray(encoded.ids, dtype=np.int64), encoded.completion_start, spans)
         if len(example) > max_length:
-            example = fit(example, max_length, special) if overlong == "truncate" else None
+            example = fit(example, max_length, special) if overlong == "truncate" and not plain else None
             counts["truncated" if example is not None else "dropped"] += 1
             if example is None:
                 continue
@@ -86,15 +89,15 @@ def build_examples(
     return out, counts
 
 
-def load_examples(paths: str | Path | list, tokenizer, max_length: int, overlong: str = "truncate"):
+def load_examples(paths: str | Path | list, tokenizer, max_length: int, overlong: str = "truncate", plain=False):
     """`build_examples` over OpenMementos rows / segments files (JSONL, JSON, Parquet) or `toy:` task specs."""
-    from memento.toy.sums import from_spec
+    from memento.toy.tasks import from_spec
 
     paths = [paths] if isinstance(paths, str | Path) else list(paths)
     traces = [t for p in paths for t in (from_spec(p) if str(p).startswith("toy:") else iter_traces(Path(p)))]
     if not traces:
         raise MementoError(f"no traces in {', '.join(map(str, paths))}")
-    return build_examples(traces, tokenizer, max_length, overlong)
+    return build_examples(traces, tokenizer, max_length, overlong, plain)
 
 
 class Collator:

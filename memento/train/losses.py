@@ -52,12 +52,12 @@ def _unwrap(model):
 
 
 @torch.no_grad()
-def evaluate(model, examples, policy, batch_size: int, accelerator, pad_token_id: int | None) -> dict:
+def evaluate(model, examples, policy, batch_size, accelerator, pad_token_id, masks=("causal", "memento")) -> dict:
     """{mask: {"loss/<kind>": mean loss, "tokens/<kind>": count}} on held-out examples, for both masks."""
     was_training = model.training
     model.eval()
     out = {}
-    for mask in ("causal", "memento"):
+    for mask in masks:
         collate = Collator(pad_token_id or 0, None if mask == "causal" else policy)
         sums = {k: 0.0 for k in (*KIND_GROUPS, "all")}
         counts = dict.fromkeys(sums, 0)

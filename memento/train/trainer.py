@@ -114,9 +114,10 @@ class Trainer:
     # -- data -----------------------------------------------------------------------------------------------------
     def load_data(self, tokenizer) -> dict:
         c = self.config.data
-        examples, counts = load_examples(c.train, tokenizer, c.max_length, c.overlong)
+        plain = c.format == "plain"
+        examples, counts = load_examples(c.train, tokenizer, c.max_length, c.overlong, plain)
         if c.eval:
-            held, _ = load_examples(c.eval, tokenizer, c.max_length, c.overlong)
+            held, _ = load_examples(c.eval, tokenizer, c.max_length, c.overlong, plain)
         else:
             examples, held = _split(examples, c.eval_fraction, self.config.seed)
         if not examples:
@@ -229,7 +230,9 @@ class Trainer:
         if not self.eval_set:
             return {}
         pad = self.accelerator.unwrap_model(model).config.pad_token_id
-        result = evaluate(model, self.eval_set, self.policy, self.config.micro_batch_size, self.accelerator, pad)
+        masks = ("causal",) if self.config.data.format == "plain" else ("causal", "memento")
+        size = self.config.micro_batch_size
+        result = evaluate(model, self.eval_set, self.policy, size, self.accelerator, pad, masks)
         self._log({"stage": stage.name, "global_step": global_step, "eval": result})
         return result
 

@@ -1,0 +1,123 @@
+"""The science commands: `memento demo` (the toy world end to end) and `memento probe` (the leakage probe as a tool).
+
+Registered on the main app by `memento.cli`; thin like it: parse, call the library, print.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def demo(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where to write report.md, results.json and the plots.")
+    ] = Path("demo-out"),
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="Train every variant at full size first (tens of minutes) and report on them."),
+    ] = False,
+    ship: Annotated[
+        bool, typer.Option("--ship", help="With --full: make the trained models the shipped checkpoints.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of data, models and probes.")] = 0,
+):
+    """The paper's findings on a toy world: KV savings, curriculum, restart ablation and the leakage probe.
+
+    Runs every stage live at reduced size, then scores and probes the checkpoints shipped with memento (trained by
+    `memento demo --full`); writes report.md, results.json and PNG plots to --out.
+    """
+    from memento.errors import MementoError
+    from memento.toy import demo as toy
+
+    if ship and not full:
+        raise MementoError("--ship needs --full (it ships the models that run trains)")
+    with err.status("memento demo") as status:
+
+        def phase(text: str) -> None:
+            err.print(f"[dim]·[/dim] {text}")
+            status.update(text)
+
+        result = toy.run(out_dir, full=full, seed=seed, ship=ship, phase=phase)
+    headline(result.results)
+    out.print(f"report: {result.report}   ({result.seconds / 60:.1f} min)")
+
+
+def headline(results: dict) -> None:
+    table = Table(title=f"toy task '{results['task']}': {results['source']}")
+    for column in ("model", "acc. full attn", "acc. eviction", "peak KV", "vs Control", "tokens/s"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for r in results["headline"]:
+        table.add_row(
+            r["model"],
+            "-" if r["accuracy_full"] is None else f"{100 * r['accuracy_full']:.1f}%",
+            "-" if r["accuracy_evict"] is None else f"{100 * r['accuracy_evict']:.1f}%",
+            f"{r['peak_kv_tokens']:.0f}",
+            "-" if r["peak_vs_control"] is None else f"{r['peak_vs_control']:.2f}x",
+            f"{r['tokens_per_s']:,.0f}",
+        )
+    out.print(table)
+    comp = results["comparisons"]
+    if "restart" in comp:
+        d = comp["restart"]["difference"]
+        out.print(f"restart (strict forgetting): {100 * d['delta']:+.1f} pp [{100 * d['ci'][0]:.1f}, "
+                  f"{100 * d['ci'][1]:.1f}] vs normal eviction")  # fmt: skip
+    rows = {row["role"]: row for row in results["probe"]["evict"] if row["layer"] == max(
+        r["layer"] for r in results["probe"]["evict"])}  # fmt: skip
+    restart = {row["role"]: row for row in results["probe"]["restart"] if row["layer"] == max(
+        r["layer"] for r in results["probe"]["restart"])}  # fmt: skip
+    out.print("probe, last layer (chance 10%): " + ", ".join(
+        f"{role} {100 * rows[role]['accuracy']:.1f}%" for role in ("causal control", "direct", "masked +1"))
+        + f"; masked +1 under restart {100 * restart['masked +1']['accuracy']:.1f}%")  # fmt: skip
+
+
+def probe(
+    model: Annotated[Path, typer.Option(help="A Hugging Face model folder with the Memento tokens.")],
+    task: Annotated[
+        str, typer.Option(help="Toy task whose traces carry the passcode (ignored with --traces).")
+    ] = "orbit",
+    traces: Annotated[
+        Path | None, typer.Option(help="Memento traces (JSONL/JSON/Parquet) to write the passcode into instead.")
+    ] = None,
+    n: Annotated[int, typer.Option(help="How many traces (70% train the probe, 30% score it).")] = 2000,
+    block: Annotated[int, typer.Option(help="The block (1-based) that holds the passcode.")] = 2,
+    template: Annotated[str, typer.Option(help="Passcode text put first in the block (with --traces).")] = (
+        "The passcode is {digit}. "
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of the passcodes and the probe.")] = 0,
+    mask_delimiters: Annotated[
+        bool | None,
+        typer.Option("--mask-delimiters/--keep-delimiters", help="Default: masked for toy tasks, kept for --traces."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every (layer, memento) result as JSON.")] = False,
+):
+    """Measure the ghost trace: how well an MLP reads a passcode from memento KV after its block was evicted.
+
+    Normal eviction vs restart mode (strict forgetting); per layer and per memento: causal control (before the
+    passcode's block: must be at chance), direct, and masked +1, +2, ... (any signal above chance is leakage).
+    """
+    from memento.errors import MementoError
+    from memento.probe.leakage import probe_model
+
+    if block < 1:
+        raise MementoError(f"--block {block}: blocks count from 1")
+    results = probe_model(model, task, traces, n, block - 1, template, seed, mask_delimiters)
+    if as_json:
+        out.print_json(json.dumps({mode: leak.table() for mode, leak in results.items()}))
+        return
+    for mode, leak in results.items():
+        table = Table(title=f"{mode}: probe accuracy by layer and memento (held-out n = {leak.n_test}, chance 10%)")
+        table.add_column("layer")
+        for m in range(leak.accuracy.shape[1]):
+            table.add_column(f"m{m + 1}\n{leak.role(m)}", justify="right")
+        for layer in range(leak.accuracy.shape[0]):
+            table.add_row(str(layer + 1), *(f"{100 * a:.1f}%" for a in leak.accuracy[layer]))
+        out.print(table)

@@ -1,0 +1,150 @@
+"""`memento demo`: the paper's findings on a toy world, end to end on a CPU, in minutes.
+
+Default run (what `make demo` does): every stage runs live at reduced size (data -> the five model variants through
+the real trainer -> generation with the reference engine -> the probe), then the small checkpoints shipped in
+`memento/toy/checkpoints/` (trained by `memento demo --full`, see docs/results/toy.md) are scored live on fresh
+problems and probed, and the report is written from them. `--full` trains every variant at full size first and
+reports on those (tens of minutes); `--ship` then copies them into the package as the new shipped checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from memento.toy import report
+from memento.toy.experiments import EVICT, FULL, VARIANTS, Size, accuracy, load, probe, train_variants
+
+log = logging.getLogger(__name__)
+
+TASK = "orbit"
+SHIPPED = Path(__file__).parent / "checkpoints"
+SIZES = {  # live: every stage at reduced size; shipped: scoring the shipped checkpoints; full: `--full`
+    "live": Size(train=128, steps=6, batch=16, micro_batch=16, problems=16, probe_traces=300, max_new_tokens=500),
+    "shipped": Size(train=0, steps=0, batch=0, micro_batch=0, problems=64, probe_traces=1000),
+    "full": Size(train=12000, steps=600, batch=16, micro_batch=16, problems=300, probe_traces=3000),
+}
+
+
+class Demo(NamedTuple):
+    out: Path
+    report: Path
+    results: dict
+    seconds: float
+
+
+def shipped_models() -> dict[str, Path] | None:
+    folders = {v.name: SHIPPED / v.name for v in VARIANTS}
+    return folders if all((f / "config.json").exists() for f in folders.values()) else None
+
+
+def run(
+    out: Path, full: bool = False, seed: int = 0, ship: bool = False, phase: Callable[[str], None] = lambda _: None
+) -> Demo:
+    """Run the demo into `out` (see the module docstring); `phase(text)` is told what starts next. `ship` (with
+    `full`): the trained models become the shipped checkpoints."""
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"task": TASK, "seed": seed, "mode": "full" if full else "default"}
+    live = None
+    if full:
+        size = SIZES["full"]
+        phase(f"training the five variants at full size (T = {size.steps} steps)")
+        folders = train_variants(TASK, size, out / "models", seed)
+        results["source"] = f"trained by this run (`memento demo --full`, T = {size.steps} steps)"
+        if ship:
+            folders = copy_to_package(folders)
+            results["source"] += ", shipped in memento/toy/checkpoints"
+    else:
+        size = SIZES["live"]
+        phase("live: training the five variants at reduced size")
+        live_folders = train_variants(TASK, size, out / "live", seed)
+        phase("live: scoring them with the reference engine")
+        live = accuracy(live_folders, TASK, size, restart_for=())
+        results["live"], results["live_size"] = report.headline(live), asdict(size)
+        phase("live: leakage probe")
+        live_probe = probe(live_folders["curriculum"], TASK, size)
+        results["live_probe"] = {mode: leak.table() for mode, leak in live_probe.items()}
+        folders = shipped_models()
+        size = SIZES["shipped"]
+        results["source"] = "checkpoints shipped in memento/toy/checkpoints (trained by `memento demo --full`)"
+        if folders is None:
+            log.warning("no shipped checkpoints: reporting on the live models")
+            folders, size = live_folders, SIZES["live"]
+            results["source"] = "the live models (no shipped checkpoints found)"
+    phase(f"scoring {len(folders)} models on {size.problems} fresh problems (full attention, eviction, restart)")
+    scores = accuracy(folders, TASK, size)
+    phase(f"leakage probe on the curriculum model ({size.probe_traces} traces)")
+    leak = probe(folders["curriculum"], TASK, size)
+    phase("writing the report")
+    results.update(
+        size=asdict(size),
+        headline=report.headline(scores),
+        comparisons=report.comparisons(scores),
+        probe={mode: leak_.table() for mode, leak_ in leak.items()},
+        probe_n_test=leak["evict"].n_test,
+    )
+    timelines = example_timelines(folders)
+    plots = {
+        "accuracy": report.plot_accuracy(results["headline"], out / "accuracy.png"),
+        "kv": report.plot_sawtooth(timelines, out / "kv_sawtooth.png"),
+        "curves": report.plot_curves(
+            {n: training_log(f) for n, f in folders.items() if n != "stage1"}, out / "curves.png"
+        ),
+    }
+    plots["probe_layers"], plots["probe_distance"] = report.plot_probe(
+        leak, out / "probe_layers.png", out / "probe_distance.png"
+    )
+    seconds = time.perf_counter() - started
+    results["seconds"] = seconds
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    path = report.write(out, results, scores, leak, plots)
+    return Demo(out, path, results, seconds)
+
+
+def example_timelines(folders: dict[str, Path]) -> dict[str, list[int]]:
+    """KV timelines of one fresh problem: the Control (full attention) and the curriculum model (eviction)."""
+    from memento.engine.generate import ReferenceEngine
+    from memento.engine.sampling import Sampling
+    from memento.toy.tasks import TASKS
+
+    problem = TASKS[TASK](1, seed=30_000)[0].problem
+    out = {}
+    for name, policy, label in (("control", FULL, "Control, full attention"),
+                                ("curriculum", EVICT, "Memento, eviction")):  # fmt: skip
+        model, tokenizer = load(folders[name])
+        generation = ReferenceEngine(model, tokenizer, policy).generate(problem, Sampling(max_new_tokens=1024))[0]
+        out[label] = generation.stats.kv_timeline
+    return out
+
+
+def training_log(folder: Path) -> Path:
+    """The log.jsonl of the run that trained `folder` (shipped checkpoints carry it inside)."""
+    inside = folder / "log.jsonl"
+    return inside if inside.exists() else folder.parent / "log.jsonl"
+
+
+def copy_to_package(folders: dict[str, Path]) -> dict[str, Path]:
+    """Make trained model folders the shipped checkpoints: bf16 weights, tokenizer, recipe and training log."""
+    from transformers import AutoModelForCausalLM
+
+    shipped = {}
+    for name, folder in folders.items():
+        target = SHIPPED / name
+        shutil.rmtree(target, ignore_errors=True)
+        AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(target)
+        for extra in (*folder.glob("tokenizer*"), *folder.glob("special_tokens*"), *folder.glob("chat_template*"),
+                      folder / "recipe.yaml"):  # fmt: skip
+            shutil.copy(extra, target / extra.name)
+        shutil.copy(training_log(folder), target / "log.jsonl")
+        shipped[name] = target
+    return shipped

@@ -1,0 +1,25 @@
+"""The toy tasks by name, and `toy:NAME?key=value&...` specs (what recipes and the CLI accept as data)."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+from memento.errors import MementoError
+from memento.format import Trace
+from memento.toy.digits import digits_traces
+from memento.toy.orbit import orbit_traces
+from memento.toy.sums import sums_traces
+
+TASKS = {"orbit": orbit_traces, "digits": digits_traces, "sums": sums_traces}
+
+
+def from_spec(spec: str) -> list[Trace]:
+    """Traces of a `toy:NAME?key=value&...` spec, e.g. `toy:orbit?n=2000&seed=0`."""
+    name, _, query = spec.removeprefix("toy:").partition("?")
+    if name not in TASKS:
+        raise MementoError(f"'{spec}': unknown toy task '{name}'; known: {', '.join(TASKS)}")
+    try:
+        params = {k: float(v) if "." in v else int(v) for k, v in parse_qsl(query, strict_parsing=bool(query))}
+        return TASKS[name](**params)
+    except (TypeError, ValueError) as e:
+        raise MementoError(f"'{spec}': bad parameters: {e}") from None

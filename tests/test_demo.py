@@ -1,0 +1,89 @@
+"""The demo at a reduced size: every experiment runs through the real trainer, engine and probe, deterministically,
+and the report, results and plots come out; the shipped checkpoints are real, loadable models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from memento.toy import demo
+from memento.toy.experiments import BY_NAME, Size, accuracy, probe, train_variants
+
+TINY = Size(train=32, steps=2, batch=8, micro_batch=8, problems=4, probe_traces=60, max_new_tokens=60)
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory, monkeypatch_module):
+    monkeypatch_module.setattr(demo, "SIZES", {"live": TINY, "shipped": TINY, "full": TINY})
+    out = tmp_path_factory.mktemp("demo")
+    return demo.run(out, seed=0)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def test_demo_writes_report_results_and_plots(ran):
+    for name in ("report.md", "results.json", "accuracy.png", "kv_sawtooth.png", "curves.png", "probe_layers.png",
+                 "probe_distance.png"):  # fmt: skip
+        assert (ran.out / name).stat().st_size > 0, name
+    results = json.loads((ran.out / "results.json").read_text())
+    assert [r["model"] for r in results["headline"]] == list(BY_NAME)
+    assert [r["model"] for r in results["live"]] == list(BY_NAME)
+    control = next(r for r in results["headline"] if r["model"] == "control")
+    assert control["accuracy_evict"] is None and control["peak_vs_control"] == 1.0
+    assert {"equal total compute", "equal stage-2 compute", "restart"} <= set(results["comparisons"])
+    roles = {row["role"] for row in results["probe"]["evict"]}
+    assert {"causal control", "direct", "masked +1", "masked +7"} <= roles
+    report = (ran.out / "report.md").read_text()
+    for heading in ("## Headline", "## Curriculum", "## Restart mode", "## The ghost trace", "## Live run"):
+        assert heading in report
+
+
+def test_each_experiment_alone_and_deterministic(tmp_path):
+    a = train_variants("orbit", TINY, tmp_path / "a", seed=3, names=["stage2-only"])
+    b = train_variants("orbit", TINY, tmp_path / "b", seed=3, names=["stage2-only"])
+    logs = [[json.loads(x)["loss"] for x in (f.parent / "log.jsonl").read_text().splitlines() if '"loss"' in x]
+            for f in (a["stage2-only"], b["stage2-only"])]  # fmt: skip
+    assert logs[0] == logs[1] and len(logs[0]) >= 1, "same seed, same training"
+    scores = accuracy(a, "orbit", TINY, restart_for=("stage2-only",))
+    assert scores[0].evict.n == 4 and scores[0].restart is not None
+    leak = probe(a["stage2-only"], "orbit", TINY)
+    assert leak["evict"].accuracy.shape == (4, 10)
+    assert leak["evict"].n_test == 18
+
+
+def test_shipped_checkpoints_load_and_know_the_format():
+    from memento.tokenizer import memento_ids
+
+    folders = demo.shipped_models()
+    if folders is None:
+        pytest.fail("memento/toy/checkpoints/ must hold the five shipped models (run `memento demo --full --ship`)")
+    from memento.toy.experiments import load
+
+    for name, folder in folders.items():
+        model, tokenizer = load(folder)
+        memento_ids(tokenizer)
+        assert sum(p.numel() for p in model.parameters()) < 1_000_000, name
+        assert (folder / "recipe.yaml").exists() and (folder / "log.jsonl").exists()
+
+
+def test_full_mode_trains_and_ships(tmp_path, monkeypatch):
+    """`memento demo --full --ship` at a tiny size: trains every variant, reports on them, ships bf16 copies."""
+    monkeypatch.setattr(demo, "SIZES", {"live": TINY, "shipped": TINY, "full": TINY})
+    monkeypatch.setattr(demo, "SHIPPED", tmp_path / "shipped")
+    result = demo.run(tmp_path / "out", full=True, ship=True)
+    assert "live" not in result.results and "shipped in memento/toy/checkpoints" in result.results["source"]
+    folders = demo.shipped_models()
+    assert folders is not None and set(folders) == set(BY_NAME)
+    from memento.toy.experiments import load
+
+    model, _ = load(folders["curriculum"])
+    assert model.config.num_hidden_layers == 4
+    assert (folders["curriculum"] / "model.safetensors").stat().st_size < 2_000_000, "bf16 weights"
+    assert json.loads((folders["curriculum"] / "config.json").read_text())["dtype"] == "bfloat16"
+    steps = [json.loads(x)["stage"] for x in (folders["curriculum"] / "log.jsonl").read_text().splitlines()]
+    assert {"stage1", "stage2"} <= set(steps), "the curriculum's log holds both stages"

@@ -1,0 +1,62 @@
+"""The leakage probe: its features are exactly the KV the reference engine holds, and its MLP reads what is there
+and nothing that is not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from memento.engine.policy import EvictionPolicy
+from memento.engine.reference import Decoder
+from memento.probe.leakage import MEMENTO_KINDS, ProbeConfig, fit_probes, memento_features
+from memento.stats import label_trace
+from memento.tokenizer import memento_ids
+from memento.toy.orbit import orbit_traces, with_note
+from memento.toy.tokenizer import char_tokenizer
+
+
+@pytest.fixture(scope="module")
+def chars():
+    return char_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(chars):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(chars), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("policy", [EvictionPolicy(0, mask_delimiters=True), EvictionPolicy(0, restart=True)])
+def test_features_are_the_engines_cache(chars, model, policy):
+    traces = [with_note(t, 1, d) for d, t in enumerate(orbit_traces(3, seed=4, rounds=4, steps=3))]
+    features = memento_features(model, chars, traces, policy, batch_size=2)
+    assert features.shape == (3, 2, 4, 2 * 2 * 8)
+    for i, trace in enumerate(traces):
+        encoded, spans = label_trace(trace, chars)
+        decoder = Decoder(model, memento_ids(chars), policy)
+        decoder.teacher_force(encoded.ids, encoded.completion_start)
+        _, cache = decoder.last
+        for j in range(4):
+            tokens = np.flatnonzero(np.isin(spans.kind, MEMENTO_KINDS) & (spans.block == j))
+            slots = torch.isin(cache.index[0], torch.from_numpy(tokens))
+            assert int(slots.sum()) == len(tokens), "mementos are never evicted"
+            for layer in range(2):
+                kv = torch.cat([cache.kv.layers[layer].keys[0], cache.kv.layers[layer].values[0]])[:, slots]
+                want = kv.mean(1).flatten().numpy()
+                assert np.allclose(features[i, layer, j], want, atol=1e-5)
+
+
+def test_the_probe_reads_a_signal_and_finds_none_in_noise():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 1500)
+    noise = rng.normal(size=(1500, 2, 24))
+    noise[:, 0, :10] += 3.0 * np.eye(10)[labels]  # group 0 carries the label, group 1 does not
+    correct, n_test = fit_probes(noise.astype(np.float32), labels, ProbeConfig(epochs=150))
+    assert n_test == 450
+    assert correct[0] / n_test > 0.7
+    assert abs(correct[1] / n_test - 0.1) < 0.05

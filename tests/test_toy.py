@@ -1,0 +1,99 @@
+"""Toy tasks: well-formed Memento traces whose reasoning is right, the Control format, and the KV savings built in."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from memento.engine.policy import EvictionPolicy
+from memento.errors import MementoError
+from memento.format import parse, render, render_plain
+from memento.kv import KVGeometry, replay
+from memento.spans import Kind
+from memento.stats import label_trace
+from memento.toy.digits import digits_traces
+from memento.toy.orbit import orbit_traces, with_note
+from memento.toy.tasks import from_spec
+from memento.toy.tokenizer import char_tokenizer
+
+TOY_POLICY = EvictionPolicy(0, mask_delimiters=True)
+
+
+@pytest.fixture(scope="module")
+def chars():
+    return char_tokenizer()
+
+
+def test_orbit_reasoning_shows_correct_work():
+    for trace in orbit_traces(50, seed=3):
+        letter, x = re.fullmatch(r"f:3x\+([A-J]) x=(\d)", trace.problem).groups()
+        k, x = "ABCDEFGHIJ".index(letter), int(x)
+        assert parse(render(trace), trace.problem).blocks == trace.blocks
+        assert trace.blocks[0].text == trace.problem and trace.blocks[0].memento == f"0:{letter}{x}"
+        for r, block in enumerate(trace.blocks[1:], 1):
+            head, *steps = block.text.split(" ")
+            assert head == f"{r}:{letter}"
+            steps = [s for s in steps if not s.startswith("p")]
+            assert [s[0] for s in steps] == list("abcdef")
+            for s in steps:
+                assert s[1:] == f"{x}>{3 * x % 10}+{letter}>{(3 * x + k) % 10}", f"step {s} from state {x}"
+                x = (3 * x + k) % 10
+            assert block.memento == f"{r}:{letter}{x}"
+        assert len(trace.blocks) == 10 and trace.answer == f"\\boxed{{{x}}}"
+
+
+def test_orbit_notes_and_the_probe_injection():
+    traces = orbit_traces(400, seed=0, notes=0.5)
+    with_notes = sum(bool(re.search(r" p\d", render(t))) for t in traces)
+    assert 150 < with_notes < 250
+    assert all(render(t).count(" p") <= 1 for t in traces)
+    injected = with_note(traces[0], block=2, digit=7)
+    assert injected.blocks[2].text.startswith("2:" + injected.problem[5] + " p7 a")
+    assert sum(" p" in b.text for b in injected.blocks) == 1
+    assert [b.memento for b in injected.blocks] == [b.memento for b in traces[0].blocks]
+
+
+def test_digits_is_the_papers_toy():
+    trace = digits_traces(1, seed=0)[0]
+    groups = trace.problem.split(" ")
+    assert len(groups) == 10 and all(len(g) == 5 for g in groups)
+    assert [b.text for b in trace.blocks] == groups
+    sums = np.cumsum([sum(map(int, g)) for g in groups])
+    assert [b.memento for b in trace.blocks] == [f"{s:03d}" for s in sums]
+    assert trace.answer == f"\\boxed{{{sums[-1]}}}"
+
+
+def test_orbit_cuts_peak_kv_by_more_than_3x_and_digits_barely(chars):
+    """By design: the Memento model's peak KV under eviction vs the Control's plain chain of thought (the paper's
+    toy saves nothing against it: its mementos are as long as its blocks)."""
+    geometry = KVGeometry("toy", layers=4, kv_heads=4, head_dim=32)
+    for traces, low, high in ((orbit_traces(20, seed=1), 3.2, 4.5), (digits_traces(20, seed=1), 0.9, 1.1)):
+        ratios = []
+        for trace in traces:
+            memento = label_trace(trace, chars)
+            control = label_trace(trace, chars, plain=True)
+            full = replay(control.spans, EvictionPolicy(-1), geometry).peak_tokens
+            evicted = replay(memento.spans, TOY_POLICY, geometry).peak_tokens
+            ratios.append(full / evicted)
+        assert low < np.mean(ratios) < high
+
+
+def test_plain_format_has_no_memento_tokens(chars):
+    trace = orbit_traces(1, seed=2)[0]
+    text = render_plain(trace)
+    assert "<|block_start|>" not in text and "<|summary_start|>" not in text
+    assert text.startswith("<think>\n" + trace.problem + "\n1:" + trace.problem[5] + " a")
+    assert text.endswith("</think>\n\n" + trace.answer)
+    labelled = label_trace(trace, chars, plain=True)
+    assert labelled.spans.n_blocks == 0 and Kind.ANSWER in labelled.spans.kind
+
+
+def test_specs():
+    assert len(from_spec("toy:orbit?n=3&seed=1&notes=0.0")) == 3
+    assert len(from_spec("toy:digits?n=2&blocks=4")[0].blocks) == 4
+    with pytest.raises(MementoError, match="unknown toy task 'nope'"):
+        from_spec("toy:nope")
+    with pytest.raises(MementoError, match="bad parameters"):
+        from_spec("toy:orbit?rounds=12")
