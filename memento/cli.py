@@ -29,7 +29,6 @@ app = typer.Typer(
 )
 out = Console(highlight=False, soft_wrap=True, markup=False)  # never wrap or restyle paths
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-EXAMPLE = Path(__file__).parent / "examples" / "worked_example.json"
 
 
 def _version(value: bool):

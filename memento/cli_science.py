@@ -28,7 +28,7 @@ def demo(
     ship: Annotated[
         bool, typer.Option("--ship", help="With --full: make the trained models the shipped checkpoints.")
     ] = False,
-    seed: Annotated[int, typer.Option(help="Seed of data, models and probes.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the training runs; scored and probed problems are fixed.")] = 0,
 ):
     """The paper's findings on a toy world: KV savings, curriculum, restart ablation and the leakage probe.
 
@@ -82,7 +82,7 @@ def headline(results: dict) -> None:
 def probe(
     model: Annotated[Path, typer.Option(help="A Hugging Face model folder with the Memento tokens.")],
     task: Annotated[
-        str, typer.Option(help="Toy task whose traces carry the passcode (ignored with --traces).")
+        str, typer.Option(help="Toy task whose traces carry the passcode: orbit (unless --traces).")
     ] = "orbit",
     traces: Annotated[
         Path | None, typer.Option(help="Memento traces (JSONL/JSON/Parquet) to write the passcode into instead.")

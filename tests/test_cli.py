@@ -60,17 +60,25 @@ def test_kv_with_hf_model_folder(smollm2_dir, shared_examples):
     assert result["peak_ratio"] > 1.5
 
 
-def test_probe_on_a_shipped_checkpoint():
-    """The probe as a tool: a real trained toy model, a few traces (the full demo runs in tests/test_demo.py)."""
-    from memento.toy.demo import SHIPPED
+def test_probe_cli(tmp_path):
+    """The probe as a tool on a (barely) trained toy model, a few traces; the full demo runs in tests/test_demo.py."""
+    from memento.toy.experiments import Size, train_variants
 
-    result = json.loads(run("probe", "--model", str(SHIPPED / "curriculum"), "--n", "60", "--json").stdout)
+    size = Size(train=32, steps=2, batch=8, micro_batch=8, problems=4, probe_traces=60)
+    model = train_variants("orbit", size, tmp_path, names=["stage2-only"])["stage2-only"]
+    result = json.loads(run("probe", "--model", str(model), "--n", "60", "--json").stdout)
     assert set(result) == {"evict", "restart"}
     rows = result["evict"]
     assert {r["role"] for r in rows} >= {"causal control", "direct", "masked +1"}
     assert len(rows) == 4 * 10 and all(0 <= r["accuracy"] <= 1 for r in rows)
-    bad = run("probe", "--model", str(SHIPPED / "curriculum"), "--block", "0", check=False)
-    assert bad.returncode == 2 and "blocks count from 1" in bad.stderr
+    assert {r["layer"] for r in rows} == {1, 2, 3, 4}
+    for args, message in (
+        (["--block", "0"], "error: --block 0: blocks count from 1"),
+        (["--block", "10"], "error: --block 10: orbit's passcode goes into a round before the last one, blocks 2-9"),
+        (["--task", "digits"], "error: --task digits: the passcode note is defined for the orbit task; use --traces"),
+    ):
+        bad = run("probe", "--model", str(model), *args, check=False)
+        assert bad.returncode == 2 and bad.stderr.strip().startswith(message), bad.stderr
     assert (
         run("demo", "--ship", check=False).stderr.strip()
         == "error: --ship needs --full (it ships the models that run trains)"

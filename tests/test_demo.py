@@ -56,21 +56,6 @@ def test_each_experiment_alone_and_deterministic(tmp_path):
     assert leak["evict"].n_test == 18
 
 
-def test_shipped_checkpoints_load_and_know_the_format():
-    from memento.tokenizer import memento_ids
-
-    folders = demo.shipped_models()
-    if folders is None:
-        pytest.fail("memento/toy/checkpoints/ must hold the five shipped models (run `memento demo --full --ship`)")
-    from memento.toy.experiments import load
-
-    for name, folder in folders.items():
-        model, tokenizer = load(folder)
-        memento_ids(tokenizer)
-        assert sum(p.numel() for p in model.parameters()) < 1_000_000, name
-        assert (folder / "recipe.yaml").exists() and (folder / "log.jsonl").exists()
-
-
 def test_full_mode_trains_and_ships(tmp_path, monkeypatch):
     """`memento demo --full --ship` at a tiny size: trains every variant, reports on them, ships bf16 copies."""
     monkeypatch.setattr(demo, "SIZES", {"live": TINY, "shipped": TINY, "full": TINY})

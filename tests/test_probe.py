@@ -35,13 +35,13 @@ def model(chars):
 def test_features_are_the_engines_cache(chars, model, policy):
     traces = [with_note(t, 1, d) for d, t in enumerate(orbit_traces(3, seed=4, rounds=4, steps=3))]
     features = memento_features(model, chars, traces, policy, batch_size=2)
-    assert features.shape == (3, 2, 4, 2 * 2 * 8)
+    assert features.shape == (3, 2, 5, 2 * 2 * 8)
     for i, trace in enumerate(traces):
         encoded, spans = label_trace(trace, chars)
         decoder = Decoder(model, memento_ids(chars), policy)
         decoder.teacher_force(encoded.ids, encoded.completion_start)
         _, cache = decoder.last
-        for j in range(4):
+        for j in range(5):
             tokens = np.flatnonzero(np.isin(spans.kind, MEMENTO_KINDS) & (spans.block == j))
             slots = torch.isin(cache.index[0], torch.from_numpy(tokens))
             assert int(slots.sum()) == len(tokens), "mementos are never evicted"

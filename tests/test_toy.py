@@ -27,21 +27,35 @@ def chars():
 
 
 def test_orbit_reasoning_shows_correct_work():
+    letters = "ABCDEFGHIJ"
     for trace in orbit_traces(50, seed=3):
-        letter, x = re.fullmatch(r"f:3x\+([A-J]) x=(\d)", trace.problem).groups()
-        k, x = "ABCDEFGHIJ".index(letter), int(x)
+        a, letter, d, x = re.fullmatch(r"f:(\d)x\+([A-J]) d(\d) x=(\d)", trace.problem).groups()
+        a, k, d, x = int(a), letters.index(letter), int(d), int(x)
+        assert a in (1, 3, 7, 9) and d > 0
         assert parse(render(trace), trace.problem).blocks == trace.blocks
-        assert trace.blocks[0].text == trace.problem and trace.blocks[0].memento == f"0:{letter}{x}"
+        k = (k + d) % 10
+        assert trace.blocks[0].text == trace.problem and trace.blocks[0].memento == f"0:{a}{letters[k]}{d}{x}"
         for r, block in enumerate(trace.blocks[1:], 1):
             head, *steps = block.text.split(" ")
-            assert head == f"{r}:{letter}"
+            assert head == f"{r}:{a}{letters[k]}{d}"
             steps = [s for s in steps if not s.startswith("p")]
             assert [s[0] for s in steps] == list("abcdef")
             for s in steps:
-                assert s[1:] == f"{x}>{3 * x % 10}+{letter}>{(3 * x + k) % 10}", f"step {s} from state {x}"
-                x = (3 * x + k) % 10
-            assert block.memento == f"{r}:{letter}{x}"
+                assert s[1:] == f"{x}*{a}>{a * x % 10}+{letters[k]}>{(a * x + k) % 10}", f"step {s} from state {x}"
+                x = (a * x + k) % 10
+            k = (k + d) % 10
+            assert block.memento == f"{r}:{a}{letters[k]}{d}{x}"
         assert len(trace.blocks) == 10 and trace.answer == f"\\boxed{{{x}}}"
+
+
+def test_orbit_scores_only_problems_it_never_trains_on():
+    key = lambda t: t.problem  # noqa: E731  (the problem text is the (a, k, d, x) key)
+    train = {key(t) for t in orbit_traces(20_000, seed=0)}
+    test = {key(t) for t in orbit_traces(2_000, seed=1, split="test")}
+    assert 3200 < len(train) <= 3240 and 350 < len(test) <= 360, "problems of each split are drawn, with replacement"
+    assert not train & test
+    finals = {t.answer for t in orbit_traces(2_000, seed=1, split="test")}
+    assert len(finals) == 10
 
 
 def test_orbit_notes_and_the_probe_injection():
@@ -50,7 +64,7 @@ def test_orbit_notes_and_the_probe_injection():
     assert 150 < with_notes < 250
     assert all(render(t).count(" p") <= 1 for t in traces)
     injected = with_note(traces[0], block=2, digit=7)
-    assert injected.blocks[2].text.startswith("2:" + injected.problem[5] + " p7 a")
+    assert injected.blocks[2].text.split(" ")[1] == "p7" and injected.blocks[2].text.startswith("2:")
     assert sum(" p" in b.text for b in injected.blocks) == 1
     assert [b.memento for b in injected.blocks] == [b.memento for b in traces[0].blocks]
 
@@ -84,7 +98,7 @@ def test_plain_format_has_no_memento_tokens(chars):
     trace = orbit_traces(1, seed=2)[0]
     text = render_plain(trace)
     assert "<|block_start|>" not in text and "<|summary_start|>" not in text
-    assert text.startswith("<think>\n" + trace.problem + "\n1:" + trace.problem[5] + " a")
+    assert text.startswith("<think>\n" + trace.problem + "\n1:")
     assert text.endswith("</think>\n\n" + trace.answer)
     labelled = label_trace(trace, chars, plain=True)
     assert labelled.spans.n_blocks == 0 and Kind.ANSWER in labelled.spans.kind
@@ -97,3 +111,5 @@ def test_specs():
         from_spec("toy:nope")
     with pytest.raises(MementoError, match="bad parameters"):
         from_spec("toy:orbit?rounds=12")
+    with pytest.raises(MementoError, match="split must be train or test"):
+        from_spec("toy:orbit?split=dev")

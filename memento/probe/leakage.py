@@ -84,11 +84,11 @@ class ProbeConfig:
     seed: int = 0
 
 
-def fit_probes(features: np.ndarray, labels: np.ndarray, config: ProbeConfig = ProbeConfig()) -> np.ndarray:
-    """Held-out accuracy of an MLP probe per feature group. `features`: (N, G..., F); `labels`: (N,) ints.
+def fit_probes(features: np.ndarray, labels: np.ndarray, config: ProbeConfig = ProbeConfig()):
+    """An MLP probe per feature group, scored on held-out rows. `features`: (N, G..., F); `labels`: (N,) ints.
 
     All groups train at once as one batched MLP (F -> hidden -> classes), full batch, AdamW; features standardised
-    with the training split's statistics. Returns (G...,) correct counts on the test split.
+    with the training split's statistics. Returns ((G...,) correct counts on the test split, test split size).
     """
     n, groups, f = features.shape[0], features.shape[1:-1], features.shape[-1]
     x = torch.from_numpy(features.reshape(n, -1, f)).float().transpose(0, 1)  # (G, N, F)
@@ -144,7 +144,7 @@ class Leakage(NamedTuple):
         for layer in range(self.accuracy.shape[0]):
             for m in range(self.accuracy.shape[1]):
                 lo, hi = self.ci(layer, m)
-                rows.append({"layer": layer, "memento": m + 1, "role": self.role(m),
+                rows.append({"layer": layer + 1, "memento": m + 1, "role": self.role(m),
                              "accuracy": float(self.accuracy[layer, m]), "ci": [lo, hi]})  # fmt: skip
         return rows
 
@@ -159,7 +159,9 @@ def leakage(
     config: ProbeConfig = ProbeConfig(),
 ) -> Leakage:
     """Probe every layer and memento of `traces` (whose block `block` holds the passcode digit `digits[i]`)."""
-    features = memento_features(model, tokenizer, traces, policy)
+    longest = max(len(t.problem) + len(t.response) for t in traces)  # characters: a bound on tokens
+    batch = 32 if longest <= 1024 else max(1, 32 * 1024**2 // longest**2)  # the dense mask is (B, 1, T, T)
+    features = memento_features(model, tokenizer, traces, policy, batch)
     correct, n_test = fit_probes(features, np.asarray(digits), config)
     return Leakage(block, correct / n_test, correct, n_test, 1 / 10)
 
@@ -184,10 +186,10 @@ def probe_model(
 ) -> dict[str, Leakage]:
     """The probe on a model folder, with normal eviction and with restart: {"evict": Leakage, "restart": Leakage}.
 
-    Traces: `n` fresh traces of toy `task` with the passcode as the task's own note, or the Memento traces in the
-    file `traces` with `template` put first in block `block`, all cut to the same number of blocks (the fewest any
-    of them has, and at least block + 2; shorter traces are left out). `mask_delimiters` defaults to the toy's
-    policy (True) for toy tasks and the paper's Qwen3 setting (False) for trace files.
+    Traces: `n` traces of held-out problems of toy `task` with the passcode as the task's own note, or the Memento
+    traces in the file `traces` with `template` put first in block `block`, all cut to the same number of blocks
+    (the fewest any of them has, and at least block + 2; shorter traces are left out). `mask_delimiters` defaults
+    to the toy's policy (True) for toy tasks and to the paper's Qwen3 setting (False) for trace files.
     """
     from pathlib import Path
 
@@ -204,11 +206,14 @@ def probe_model(
     rng = np.random.default_rng(seed)
     if traces is None:
         from memento.toy.orbit import with_note
-        from memento.toy.tasks import TASKS
+        from memento.toy.tasks import held_out
 
-        if task not in TASKS:
-            raise MementoError(f"--task {task}: unknown; known: {', '.join(TASKS)}")
-        marked_from = TASKS[task](n, seed=seed + 20_000, notes=0.0)
+        if task != "orbit":
+            raise MementoError(f"--task {task}: the passcode note is defined for the orbit task; use --traces FILE")
+        marked_from = held_out(task, n, seed + 20_000, notes=0.0)
+        if not 1 <= block < len(marked_from[0].blocks) - 1:
+            raise MementoError(f"--block {block + 1}: orbit's passcode goes into a round before the last one, "
+                               f"blocks 2-{len(marked_from[0].blocks) - 1}")  # fmt: skip
         digits = rng.integers(0, 10, len(marked_from)).tolist()
         marked = [with_note(t, block, d) for t, d in zip(marked_from, digits, strict=True)]
         toy = True

@@ -2,7 +2,7 @@
 
 Default run (what `make demo` does): every stage runs live at reduced size (data -> the five model variants through
 the real trainer -> generation with the reference engine -> the probe), then the small checkpoints shipped in
-`memento/toy/checkpoints/` (trained by `memento demo --full`, see docs/results/toy.md) are scored live on fresh
+`memento/toy/checkpoints/` (trained by `memento demo --full`, see docs/results/toy.md) are scored live on new
 problems and probed, and the report is written from them. `--full` trains every variant at full size first and
 reports on those (tens of minutes); `--ship` then copies them into the package as the new shipped checkpoints.
 """
@@ -30,7 +30,7 @@ SHIPPED = Path(__file__).parent / "checkpoints"
 SIZES = {  # live: every stage at reduced size; shipped: scoring the shipped checkpoints; full: `--full`
     "live": Size(train=128, steps=6, batch=16, micro_batch=16, problems=16, probe_traces=300, max_new_tokens=500),
     "shipped": Size(train=0, steps=0, batch=0, micro_batch=0, problems=64, probe_traces=1000),
-    "full": Size(train=12000, steps=600, batch=16, micro_batch=16, problems=300, probe_traces=3000),
+    "full": Size(train=12000, steps=600, batch=16, micro_batch=16, problems=256, probe_traces=3000),
 }
 
 
@@ -55,7 +55,7 @@ def run(
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"task": TASK, "seed": seed, "mode": "full" if full else "default"}
-    live = None
+    scores = leak = None
     if full:
         size = SIZES["full"]
         phase(f"training the five variants at full size (T = {size.steps} steps)")
@@ -69,22 +69,24 @@ def run(
         phase("live: training the five variants at reduced size")
         live_folders = train_variants(TASK, size, out / "live", seed)
         phase("live: scoring them with the reference engine")
-        live = accuracy(live_folders, TASK, size, restart_for=())
+        live = accuracy(live_folders, TASK, size)
         results["live"], results["live_size"] = report.headline(live), asdict(size)
         phase("live: leakage probe")
         live_probe = probe(live_folders["curriculum"], TASK, size)
         results["live_probe"] = {mode: leak.table() for mode, leak in live_probe.items()}
         folders = shipped_models()
-        size = SIZES["shipped"]
-        results["source"] = "checkpoints shipped in memento/toy/checkpoints (trained by `memento demo --full`)"
         if folders is None:
             log.warning("no shipped checkpoints: reporting on the live models")
-            folders, size = live_folders, SIZES["live"]
+            folders, scores, leak = live_folders, live, live_probe
             results["source"] = "the live models (no shipped checkpoints found)"
-    phase(f"scoring {len(folders)} models on {size.problems} fresh problems (full attention, eviction, restart)")
-    scores = accuracy(folders, TASK, size)
-    phase(f"leakage probe on the curriculum model ({size.probe_traces} traces)")
-    leak = probe(folders["curriculum"], TASK, size)
+        else:
+            size = SIZES["shipped"]
+            results["source"] = "checkpoints shipped in memento/toy/checkpoints (trained by `memento demo --full`)"
+    if scores is None:
+        phase(f"scoring {len(folders)} models on {size.problems} new problems (full attention, eviction, restart)")
+        scores = accuracy(folders, TASK, size)
+        phase(f"leakage probe on the curriculum model ({size.probe_traces} traces)")
+        leak = probe(folders["curriculum"], TASK, size)
     phase("writing the report")
     results.update(
         size=asdict(size),
@@ -107,17 +109,17 @@ def run(
     seconds = time.perf_counter() - started
     results["seconds"] = seconds
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    path = report.write(out, results, scores, leak, plots)
+    path = report.write(out, results, leak, plots)
     return Demo(out, path, results, seconds)
 
 
 def example_timelines(folders: dict[str, Path]) -> dict[str, list[int]]:
-    """KV timelines of one fresh problem: the Control (full attention) and the curriculum model (eviction)."""
+    """KV timelines of one new problem: the Control (full attention) and the curriculum model (eviction)."""
     from memento.engine.generate import ReferenceEngine
     from memento.engine.sampling import Sampling
-    from memento.toy.tasks import TASKS
+    from memento.toy.tasks import held_out
 
-    problem = TASKS[TASK](1, seed=30_000)[0].problem
+    problem = held_out(TASK, 1, seed=30_000)[0].problem
     out = {}
     for name, policy, label in (("control", FULL, "Control, full attention"),
                                 ("curriculum", EVICT, "Memento, eviction")):  # fmt: skip
@@ -145,6 +147,9 @@ def copy_to_package(folders: dict[str, Path]) -> dict[str, Path]:
         for extra in (*folder.glob("tokenizer*"), *folder.glob("special_tokens*"), *folder.glob("chat_template*"),
                       folder / "recipe.yaml"):  # fmt: skip
             shutil.copy(extra, target / extra.name)
-        shutil.copy(training_log(folder), target / "log.jsonl")
+        lines = training_log(folder).read_text().splitlines()
+        if name == "stage1":  # the curriculum's first stage: its log is the curriculum's, cut to stage 1
+            lines = [line for line in lines if json.loads(line).get("stage") == "stage1"]
+        (target / "log.jsonl").write_text("".join(line + "\n" for line in lines))
         shipped[name] = target
     return shipped

@@ -2,7 +2,7 @@
 
 Every problem is generated greedily from its prompt alone; the answer counts when the last `\\boxed{...}` of the
 completion equals the reference's. Proportions come with Wilson 95% intervals; a paired difference of two runs on
-the same problems (e.g. restart vs normal eviction) with a normal-approximation interval for paired proportions.
+the same problems (e.g. restart vs normal eviction) with the Agresti-Min interval for paired proportions.
 """
 
 from __future__ import annotations
@@ -66,12 +66,16 @@ class Difference(NamedTuple):
 
 
 def paired_difference(a: list[bool], b: list[bool]) -> Difference:
+    """Agresti-Min interval: the Wald interval of the paired 2x2 table with 0.5 added to each cell, so that it does
+    not collapse to a point when no problem is solved by only one of the two (clipped to [-1, 1])."""
     n = len(a)
     only_a = sum(x and not y for x, y in zip(a, b, strict=True))
     only_b = sum(y and not x for x, y in zip(a, b, strict=True))
-    delta = (only_a - only_b) / n
-    se = math.sqrt(max(only_a + only_b - (only_a - only_b) ** 2 / n, 0.0)) / n
-    return Difference(delta, (delta - Z95 * se, delta + Z95 * se), only_a, only_b)
+    b_, c_, n_ = only_a + 0.5, only_b + 0.5, n + 2
+    centre = (b_ - c_) / n_
+    se = math.sqrt(b_ + c_ - (b_ - c_) ** 2 / n_) / n_
+    ci = (max(-1.0, centre - Z95 * se), min(1.0, centre + Z95 * se))
+    return Difference((only_a - only_b) / n, ci, only_a, only_b)
 
 
 def score(traces: list[Trace], generations: list[Generation], seconds: float, plain: bool = False) -> Scores:

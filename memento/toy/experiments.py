@@ -25,7 +25,7 @@ import yaml
 
 from memento.engine.policy import EvictionPolicy
 from memento.toy.evaluate import Difference, Scores, evaluate, paired_difference
-from memento.toy.tasks import TASKS
+from memento.toy.tasks import held_out
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +146,8 @@ class Accuracy(NamedTuple):
 
 
 def accuracy(folders: dict, task: str, size: Size, seed: int = 10_000, restart_for=("curriculum",)) -> list[Accuracy]:
-    """Score every model on the same fresh problems (seed differs from training's)."""
-    problems = TASKS[task](size.problems, seed=seed)
+    """Score every model on the same problems, drawn from those never trained on (`tasks.held_out`)."""
+    problems = held_out(task, size.problems, seed)
     out = []
     for name, folder in folders.items():
         model, tokenizer = load(folder)
@@ -176,7 +176,7 @@ def probe(folder: Path, task: str, size: Size, seed: int = 20_000, block: int = 
     from memento.toy.orbit import with_note
 
     model, tokenizer = load(folder)
-    traces = TASKS[task](size.probe_traces, seed=seed, notes=0.0)
+    traces = held_out(task, size.probe_traces, seed, notes=0.0)  # orbit only: its note carries the passcode
     digits = np.random.default_rng(seed).integers(0, 10, len(traces)).tolist()
     marked = [with_note(t, block, d) for t, d in zip(traces, digits, strict=True)]
     return {mode: leakage(model, tokenizer, marked, digits, policy, block)

@@ -1,38 +1,42 @@
 """Orbit: the toy task on which Memento's KV savings are real and its mementos are needed.
 
-The prompt gives a map on the digits, f(x) = 3x + k mod 10 (a permutation), and a start x; the reasoning restates
-the problem in a first block, then applies f `rounds x steps` times, showing its work: "4>2+H>9" is 3*4 = 12 -> 2,
-then 2 + 7 = 9 (k = 7 is written H: A = 0, B = 1, ..., J = 9). Each later block is one round of lettered steps; its
-memento keeps what the next round needs (the round, k and the state); the answer is the final state:
+A problem is a map on the digits that drifts from round to round, x -> a*x + k_r mod 10 with k_r = k + r*d, and a
+start x. The reasoning restates the problem in a first block, then runs 9 rounds of 6 steps, showing its work: the
+step "a4*3>2+H>9" is 4*3 = 12 -> 2, then 2 + 7 = 9 (offsets are letters, A = 0 ... J = 9). Each round's memento
+keeps what the next round needs: the round, the multiplier, the next round's offset, the drift and the state. The
+answer is the final state:
 
-    prompt    f:3x+H x=4
-    block 1   f:3x+H x=4                                                memento  0:H4
-    block 2   1:H a4>2+H>9 b9>7+H>4 c4>2+H>9 d9>7+H>4 e4>2+H>9 f9>7+H>4   memento  1:H4
-    block 3   2:H a4>2+H>9 ...                                          memento  2:H...
+    prompt    f:3x+H d2 x=4                    (a = 3, k = 7, d = 2, x = 4)
+    block 1   f:3x+H d2 x=4                                        memento  0:3J24   (next offset 7 + 2 = 9: J)
+    block 2   1:3J2 a4*3>2+J>1 b1*3>3+J>2 c2*3>6+J>5 d5*3>5+J>4 e4*3>2+J>1 f1*3>3+J>2   memento  1:3B22
+    block 3   2:3B2 a2*3>6+B>7 ...                                 memento  2:3D2...
     ...       (9 rounds)
-    answer    \\boxed{4}
+    answer    \\boxed{...}
 
-Why this shape:
-- Every token depends on a few tokens at fixed distances before it (the state on the line before, k two tokens
-  back, the memento just before the block), which a 4-layer model learns in minutes on a CPU. Designs that made it
-  fetch something from the prompt over a growing distance (pointers through a lookup table; k only in the prompt or
-  only in a block's header) had not learned to after 400-800 steps: a model this small prefers copying what it
-  saw nearby, and content retrieval at a distance forms slowly. The restating block gives the first round the same
-  context as every later one (a memento just before it); k is a letter so that it is unlike any digit.
-- Blocks are ~8x longer than mementos and the prompt is short, so evicting blocks cuts peak KV by >3x against
-  plain chain of thought.
-- Under eviction, the state and the round survive only in the mementos: a model that does not write and read them
-  fails.
+Design choices, and why:
+- Every token depends on a few tokens at fixed distances before it (the state at the end of the previous step, the
+  multiplier and offset copied step to step, the memento just before the block), which a 4-layer model learns in
+  minutes on a CPU. Designs that made it fetch something from the prompt over a growing distance (pointers through a
+  lookup table in the prompt; an offset stated only in the prompt or in a block's header) had not learned to after
+  400-800 steps: a model this small prefers copying what is nearby, and content retrieval at a distance forms
+  slowly. The restating block gives the first round the same context as every later one (a memento just before).
+- The drift makes every round apply a different map, so the state does not cycle with a short period (with a fixed
+  map mod 10 it repeats every <= 4 steps and the answer would be a simple function of the prompt), and it makes
+  3,600 problems (a in 1, 3, 7, 9; k, x in 0-9; d in 1-9). A fixed 10% of them is never trained on: `split="test"`
+  draws only from those, so every scored or probed problem is new to the model.
+- Blocks are ~12x longer than mementos and the prompt is short, so evicting blocks cuts peak KV by ~3.6x against
+  plain chain of thought. Under eviction, the round's offset and the state survive only in the mementos.
 
 `notes`: the share of traces with a note "p<digit>" after the header of a random round, a detail the reasoning
-never needs (real traces are full of them). The leakage probe writes one into block 2 (`with_note`) and asks
-whether later mementos' KV still holds its digit after block 2 was evicted.
+never needs (real traces are full of them). The leakage probe writes one into the second block (0-based block 1,
+the first round; `with_note`) and asks whether later mementos' KV still holds its digit once that block is evicted.
 
 The Control format of the same traces (plain chain of thought) is `format.render_plain`.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import string
 
@@ -40,37 +44,45 @@ from memento.format import Block, Trace
 
 STEPS = string.ascii_lowercase
 OFFSETS = "ABCDEFGHIJ"
-MULTIPLIER = 3
+MULTIPLIERS = (1, 3, 7, 9)
+PROBLEMS = list(itertools.product(MULTIPLIERS, range(10), range(1, 10), range(10)))  # (a, k, d, x): 3,600
+TEST = frozenset(random.Random(2604_09852).sample(PROBLEMS, len(PROBLEMS) // 10))  # held out from training
 
 
-def orbit_problem(rng: random.Random, rounds: int, steps: int, notes: float) -> Trace:
-    k, x = rng.randrange(10), rng.randrange(10)
-    letter = OFFSETS[k]
-    problem = f"f:{MULTIPLIER}x+{letter} x={x}"
-    blocks = [Block(problem, f"0:{letter}{x}")]
+def orbit_trace(a: int, k: int, d: int, x: int, rng: random.Random, rounds: int, steps: int, notes: float) -> Trace:
+    problem = f"f:{a}x+{OFFSETS[k]} d{d} x={x}"
+    k = (k + d) % 10
+    blocks = [Block(problem, f"0:{a}{OFFSETS[k]}{d}{x}")]
     note_at = rng.randrange(1, rounds + 1) if rng.random() < notes else -1
     for r in range(1, rounds + 1):
-        parts = [f"{r}:{letter}"] + ([f"p{rng.randrange(10)}"] if r == note_at else [])
+        letter = OFFSETS[k]
+        parts = [f"{r}:{a}{letter}{d}"] + ([f"p{rng.randrange(10)}"] if r == note_at else [])
         for s in range(steps):
-            product = MULTIPLIER * x % 10
-            parts.append(f"{STEPS[s]}{x}>{product}+{letter}>{(product + k) % 10}")
+            product = a * x % 10
+            parts.append(f"{STEPS[s]}{x}*{a}>{product}+{letter}>{(product + k) % 10}")
             x = (product + k) % 10
-        blocks.append(Block(" ".join(parts), f"{r}:{letter}{x}"))
+        k = (k + d) % 10
+        blocks.append(Block(" ".join(parts), f"{r}:{a}{OFFSETS[k]}{d}{x}"))
     return Trace(problem, blocks, f"\\boxed{{{x}}}")
 
 
-def orbit_traces(n: int = 1000, seed: int = 0, rounds: int = 9, steps: int = 6, notes: float = 0.5) -> list[Trace]:
+def orbit_traces(
+    n: int = 1000, seed: int = 0, rounds: int = 9, steps: int = 6, notes: float = 0.5, split: str = "train"
+) -> list[Trace]:
+    """`n` traces of problems drawn (with replacement) from the `train` or the held-out `test` problems."""
     if not 1 <= rounds <= 9 or not 1 <= steps <= len(STEPS) or not 0 <= notes <= 1:
         raise ValueError("rounds must be 1-9, steps 1-26 and notes in [0, 1]")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be train or test, got {split!r}")
+    pool = sorted(TEST) if split == "test" else [p for p in PROBLEMS if p not in TEST]
     rng = random.Random(seed)
-    return [orbit_problem(rng, rounds, steps, notes) for _ in range(n)]
+    return [orbit_trace(*rng.choice(pool), rng, rounds, steps, notes) for _ in range(n)]
 
 
 def with_note(trace: Trace, block: int, digit: int) -> Trace:
-    """`trace` with the note "p<digit>" in block `block` (0-based, a round: >= 1) and no other note (the probe's
-    passcode)."""
+    """`trace` with the note "p<digit>" in block `block` (0-based; a round, so >= 1) and no other note."""
     if not 1 <= block < len(trace.blocks):
-        raise ValueError(f"block {block}: notes go into rounds, blocks 1-{len(trace.blocks) - 1}")
+        raise ValueError(f"block {block}: notes go into rounds, blocks 1-{len(trace.blocks) - 1} (0-based)")
     blocks = [trace.blocks[0]]
     for i, b in enumerate(trace.blocks[1:], 1):
         head, *rest = b.text.split(" ")

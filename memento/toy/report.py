@@ -55,7 +55,7 @@ def headline(results: list[Accuracy]) -> list[dict]:
             "peak_kv_tokens": main.peak_kv_tokens,
             "auc_ktok": main.auc_ktok,
             "peak_vs_control": control.full.peak_kv_tokens / main.peak_kv_tokens if control else None,
-            "auc_vs_control": control.full.auc_ktok / main.auc_ktok if control else None,
+            "auc_vs_control": control.full.auc_ktok / main.auc_ktok if control and main.auc_ktok else None,
             "tokens_per_s": main.tokens_per_s,
             "well_formed": main.well_formed,
         })  # fmt: skip
@@ -186,7 +186,7 @@ def comparisons(results: list[Accuracy]) -> dict:
     return out
 
 
-def write(out: Path, results: dict, scores: list[Accuracy], leak: dict, plots: dict[str, Path]) -> Path:
+def write(out: Path, results: dict, leak: dict, plots: dict[str, Path]) -> Path:
     """report.md in `out`: what ran, the headline table, the comparisons, the probe, the plots, the paper's numbers."""
     rows = results["headline"]
     comp = results["comparisons"]
@@ -195,11 +195,13 @@ def write(out: Path, results: dict, scores: list[Accuracy], leak: dict, plots: d
     lines = [
         "# memento demo: the paper's findings on a toy world",
         "",
-        f"Task `{results['task']}` (memento/toy/orbit.py): iterate f(x) = a*x + b mod 10 from a start digit, 9 "
-        "rounds of 6 steps, each round a block and its memento the round and the state. Tiny Llama (4 layers, d=128, "
-        "character tokenizer), eviction policy keep 0 with block delimiters evicted.",
-        f"Models: {results['source']}. Scored on {results['size']['problems']} fresh problems, greedy, with the "
-        "reference engine (physical KV eviction). Intervals are 95% (Wilson; paired differences: normal approx.).",
+        f"Task `{results['task']}` (memento/toy/orbit.py): 9 rounds of 6 steps of x -> a*x + k_r mod 10, the "
+        "offset drifting each round; a block per round, its memento the round, multiplier, next offset, drift and "
+        "state. Tiny Llama (4 layers, d=128, character tokenizer, ~0.9M parameters); eviction policy keep 0 with "
+        "block delimiters evicted.",
+        f"Models: {results['source']}. Scored on {results['size']['problems']} problems never trained on, greedy, "
+        "with the reference engine (physical KV eviction). Intervals are 95% (Wilson; paired differences: "
+        "Agresti-Min).",
         "",
         "## Headline",
         "",
@@ -228,7 +230,7 @@ def write(out: Path, results: dict, scores: list[Accuracy], leak: dict, plots: d
         "",
         "## The ghost trace: leakage probe",
         "",
-        f"A passcode digit is written into block {b + 1} of {results['size']['probe_traces']} fresh traces; an MLP "
+        f"A passcode digit is written into block {b + 1} of {results['size']['probe_traces']} new traces; an MLP "
         f"probe reads it from each memento's KV (held-out n = {evict.n_test}, chance 10%).",
         "",
         "| layer | causal control (memento 1) | direct (memento 2) | masked (memento 3) | masked, restart mode |",

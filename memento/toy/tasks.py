@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from urllib.parse import parse_qsl
 
 from memento.errors import MementoError
@@ -13,13 +14,30 @@ from memento.toy.sums import sums_traces
 TASKS = {"orbit": orbit_traces, "digits": digits_traces, "sums": sums_traces}
 
 
+def _value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def from_spec(spec: str) -> list[Trace]:
     """Traces of a `toy:NAME?key=value&...` spec, e.g. `toy:orbit?n=2000&seed=0`."""
     name, _, query = spec.removeprefix("toy:").partition("?")
     if name not in TASKS:
         raise MementoError(f"'{spec}': unknown toy task '{name}'; known: {', '.join(TASKS)}")
     try:
-        params = {k: float(v) if "." in v else int(v) for k, v in parse_qsl(query, strict_parsing=bool(query))}
+        params = {k: _value(v) for k, v in parse_qsl(query, strict_parsing=bool(query))}
         return TASKS[name](**params)
     except (TypeError, ValueError) as e:
         raise MementoError(f"'{spec}': bad parameters: {e}") from None
+
+
+def held_out(task: str, n: int, seed: int, **params) -> list[Trace]:
+    """`n` traces for scoring or probing: from the problems never trained on, where the task keeps such a split."""
+    make = TASKS[task]
+    if "split" in inspect.signature(make).parameters:
+        params["split"] = "test"
+    return make(n, seed=seed, **params)

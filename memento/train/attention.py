@@ -5,7 +5,7 @@ evicted blocks cost as much as what is attended (benchmarks/results/train_step.m
 causal one at 2K tokens). Here the queries go through SDPA in chunks of `CHUNK`, each against only the keys some
 query of the chunk sees: never a later token, never a block evicted before the chunk starts. Each query still sees
 exactly the keys its mask row allows, so the output equals one SDPA call under the same mask (tested, values and
-gradients).
+gradients; with dropout, equal in distribution).
 
 Registered with transformers as the attention implementation `memento_sdpa` (the training default: `for_model`
 hands it the same boolean mask as `sdpa`). Anything else goes to transformers' own SDPA function unchanged: no
@@ -48,6 +48,7 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     chunked = (
         attention_mask is not None
         and attention_mask.dtype == torch.bool
+        and attention_mask.shape[-2:] == (query.shape[2], key.shape[2])  # one row per query (no broadcasting)
         and query.device.type == "cpu"
         and query.shape[2] > CHUNK
     )
