@@ -66,6 +66,10 @@ def headline(results: dict) -> None:
         )
     out.print(table)
     comp = results["comparisons"]
+    if "memento vs control" in comp:
+        d = comp["memento vs control"]["difference"]
+        out.print(f"curriculum with eviction vs Control: {100 * d['delta']:+.1f} pp [{100 * d['ci'][0]:.1f}, "
+                  f"{100 * d['ci'][1]:.1f}]")  # fmt: skip
     if "restart" in comp:
         d = comp["restart"]["difference"]
         out.print(f"restart (strict forgetting): {100 * d['delta']:+.1f} pp [{100 * d['ci'][0]:.1f}, "
@@ -87,7 +91,9 @@ def probe(
     traces: Annotated[
         Path | None, typer.Option(help="Memento traces (JSONL/JSON/Parquet) to write the passcode into instead.")
     ] = None,
-    n: Annotated[int, typer.Option(help="How many traces (70% train the probe, 30% score it).")] = 2000,
+    n: Annotated[
+        int, typer.Option(help="How many traces (those of 70% of the problems train the probe, the rest score it).")
+    ] = 2000,
     block: Annotated[int, typer.Option(help="The block (1-based) that holds the passcode.")] = 2,
     template: Annotated[str, typer.Option(help="Passcode text put first in the block (with --traces).")] = (
         "The passcode is {digit}. "

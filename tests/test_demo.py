@@ -35,7 +35,8 @@ def test_demo_writes_report_results_and_plots(ran):
     assert [r["model"] for r in results["live"]] == list(BY_NAME)
     control = next(r for r in results["headline"] if r["model"] == "control")
     assert control["accuracy_evict"] is None and control["peak_vs_control"] == 1.0
-    assert {"equal total compute", "equal stage-2 compute", "restart"} <= set(results["comparisons"])
+    compared = {"memento vs control", "equal total compute", "equal stage-2 compute", "restart"}
+    assert compared <= set(results["comparisons"])
     roles = {row["role"] for row in results["probe"]["evict"]}
     assert {"causal control", "direct", "masked +1", "masked +7"} <= roles
     report = (ran.out / "report.md").read_text()

@@ -9,7 +9,7 @@ import torch
 
 from memento.engine.policy import EvictionPolicy
 from memento.engine.reference import Decoder
-from memento.probe.leakage import MEMENTO_KINDS, ProbeConfig, fit_probes, memento_features
+from memento.probe.leakage import MEMENTO_KINDS, ProbeConfig, fit_probes, memento_features, split
 from memento.stats import label_trace
 from memento.tokenizer import memento_ids
 from memento.toy.orbit import orbit_traces, with_note
@@ -60,3 +60,20 @@ def test_the_probe_reads_a_signal_and_finds_none_in_noise():
     assert n_test == 450
     assert correct[0] / n_test > 0.7
     assert abs(correct[1] / n_test - 0.1) < 0.05
+
+
+def test_rows_of_one_problem_stay_on_one_side_of_the_split():
+    """A problem seen in training with its digit must not be scored again: features that only identify the problem
+    (repeated rows, one digit per problem) are memorised by a row split but read at chance by the problem split."""
+    rng = np.random.default_rng(1)
+    problems = np.repeat(np.arange(100), 10)  # 100 problems, 10 rows each, one digit per problem
+    labels = rng.integers(0, 10, 100)[problems]
+    features = (np.eye(100)[problems] + 0.01 * rng.normal(size=(1000, 100)))[:, None].astype(np.float32)
+    config = ProbeConfig(epochs=150)
+    by_row, n_row = fit_probes(features, labels, config)
+    by_problem, n_problem = fit_probes(features, labels, config, groups=[f"p{p}" for p in problems])
+    assert by_row[0] / n_row > 0.9, "a row split lets the probe recognise problems"
+    assert by_problem[0] / n_problem < 0.25 and n_problem == 300
+    train, test = split(1000, 0.7, 0, groups=problems.tolist())
+    assert not set(problems[train.numpy()]) & set(problems[test.numpy()])
+    assert len(train) + len(test) == 1000

@@ -3,7 +3,7 @@
 Protocol (after the paper's): a passcode digit is written into block `b` of every trace; each trace is run through
 the model with exactly the KV an engine would hold; for every layer and every memento j, the memento's keys and
 values (mean over its tokens) are the features, and an MLP probe learns the digit on a training split and is scored
-on held-out traces (chance: 1/10).
+on held-out traces of other problems (chance: 1/10).
 
 - memento b is *direct*: its KV was computed while block b was still visible;
 - mementos b+1, b+2, ... are *masked*: their own blocks never saw block b, so a probe above chance there reads a
@@ -84,18 +84,33 @@ class ProbeConfig:
     seed: int = 0
 
 
-def fit_probes(features: np.ndarray, labels: np.ndarray, config: ProbeConfig = ProbeConfig()):
-    """An MLP probe per feature group, scored on held-out rows. `features`: (N, G..., F); `labels`: (N,) ints.
+def split(n: int, fraction: float, seed: int, groups=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices (train, test): a random `fraction` of the rows for training, or, given `groups` (one hashable per
+    row), a random `fraction` of the groups, so rows of one group (e.g. one problem) never sit on both sides."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        order = rng.permutation(n)
+        cut = round(fraction * n)
+        return torch.from_numpy(order[:cut]), torch.from_numpy(order[cut:])
+    ids = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1]
+    picked = rng.permutation(ids.max() + 1)[: round(fraction * (ids.max() + 1))]
+    in_train = np.isin(ids, picked)
+    return torch.from_numpy(np.flatnonzero(in_train)), torch.from_numpy(np.flatnonzero(~in_train))
+
+
+def fit_probes(features: np.ndarray, labels: np.ndarray, config: ProbeConfig = ProbeConfig(), groups=None):
+    """An MLP probe per feature group, scored on held-out rows. `features`: (N, G..., F); `labels`: (N,) ints;
+    `groups`: optional (N,) row groups (the problem) kept on one side of the train/test split (see `split`).
 
     All groups train at once as one batched MLP (F -> hidden -> classes), full batch, AdamW; features standardised
     with the training split's statistics. Returns ((G...,) correct counts on the test split, test split size).
     """
-    n, groups, f = features.shape[0], features.shape[1:-1], features.shape[-1]
+    n, groups_shape, f = features.shape[0], features.shape[1:-1], features.shape[-1]
     x = torch.from_numpy(features.reshape(n, -1, f)).float().transpose(0, 1)  # (G, N, F)
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    order = torch.from_numpy(np.random.default_rng(config.seed).permutation(n))
-    cut = round(config.train_fraction * n)
-    train, test = order[:cut], order[cut:]
+    train, test = split(n, config.train_fraction, config.seed, groups)
+    if len(train) == 0 or len(test) == 0:
+        raise MementoError(f"the probe needs rows on both sides of its train/test split, got {n} rows")
     mean, std = x[:, train].mean(1, keepdim=True), x[:, train].std(1, keepdim=True) + 1e-6
     x = (x - mean) / std
     g, classes = x.shape[0], int(y.max()) + 1
@@ -118,7 +133,7 @@ def fit_probes(features: np.ndarray, labels: np.ndarray, config: ProbeConfig = P
         optimizer.step()
     with torch.no_grad():
         correct = (logits(test).argmax(-1) == y[test]).sum(-1)
-    return correct.numpy().reshape(groups), len(test)
+    return correct.numpy().reshape(groups_shape), len(test)
 
 
 class Leakage(NamedTuple):
@@ -158,11 +173,13 @@ def leakage(
     block: int = 1,
     config: ProbeConfig = ProbeConfig(),
 ) -> Leakage:
-    """Probe every layer and memento of `traces` (whose block `block` holds the passcode digit `digits[i]`)."""
+    """Probe every layer and memento of `traces` (whose block `block` holds the passcode digit `digits[i]`). Traces
+    of one problem stay on one side of the probe's train/test split: a probe cannot score by recognising a problem
+    it was trained on with the same digit."""
     longest = max(len(t.problem) + len(t.response) for t in traces)  # characters: a bound on tokens
     batch = 32 if longest <= 1024 else max(1, 32 * 1024**2 // longest**2)  # the dense mask is (B, 1, T, T)
     features = memento_features(model, tokenizer, traces, policy, batch)
-    correct, n_test = fit_probes(features, np.asarray(digits), config)
+    correct, n_test = fit_probes(features, np.asarray(digits), config, groups=[t.problem for t in traces])
     return Leakage(block, correct / n_test, correct, n_test, 1 / 10)
 
 

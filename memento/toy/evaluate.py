@@ -116,6 +116,8 @@ def evaluate(
     plain: bool = False,
 ) -> Scores:
     """Generate an answer to every trace's problem under `policy` (greedy) and score it against the trace."""
+    if not traces:
+        raise ValueError("evaluate needs at least one problem")
     engine = ReferenceEngine(model, tokenizer, policy)
     start = time.perf_counter()
     generations = engine.generate(

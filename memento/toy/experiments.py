@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -121,6 +122,8 @@ def train_variants(task: str, size: Size, out: Path, seed: int = 0, names=None, 
         config = from_dict(recipe(variant, task, size, out, seed))
         saved = Path(config.out) / "recipe.yaml"
         same = saved.exists() and yaml.safe_load(saved.read_text()) == config.to_dict()
+        if not same:  # another recipe's run (or a run killed before it began): its checkpoints must not be resumed
+            shutil.rmtree(config.out, ignore_errors=True)
         log.info("training %s (%s)%s", name, variant.about, ", resuming" if same else "")
         run = train(config, resume=same, progress=progress)  # a finished run with the same recipe is reused
         folders[name] = run.final

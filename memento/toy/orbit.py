@@ -69,14 +69,18 @@ def orbit_trace(a: int, k: int, d: int, x: int, rng: random.Random, rounds: int,
 def orbit_traces(
     n: int = 1000, seed: int = 0, rounds: int = 9, steps: int = 6, notes: float = 0.5, split: str = "train"
 ) -> list[Trace]:
-    """`n` traces of problems drawn (with replacement) from the `train` or the held-out `test` problems."""
+    """`n` traces of problems from the `train` problems (drawn with replacement) or the held-out `test` ones (in
+    shuffled passes over all 360: no problem repeats before every one has come up)."""
     if not 1 <= rounds <= 9 or not 1 <= steps <= len(STEPS) or not 0 <= notes <= 1:
         raise ValueError("rounds must be 1-9, steps 1-26 and notes in [0, 1]")
     if split not in ("train", "test"):
         raise ValueError(f"split must be train or test, got {split!r}")
     pool = sorted(TEST) if split == "test" else [p for p in PROBLEMS if p not in TEST]
     rng = random.Random(seed)
-    return [orbit_trace(*rng.choice(pool), rng, rounds, steps, notes) for _ in range(n)]
+    if split == "train":
+        return [orbit_trace(*rng.choice(pool), rng, rounds, steps, notes) for _ in range(n)]
+    picks = [p for _ in range(-(-n // len(pool))) for p in rng.sample(pool, len(pool))][:n]
+    return [orbit_trace(*p, rng, rounds, steps, notes) for p in picks]
 
 
 def with_note(trace: Trace, block: int, digit: int) -> Trace:

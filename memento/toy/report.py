@@ -170,12 +170,18 @@ def _save(fig, path: Path) -> Path:
 
 
 def comparisons(results: list[Accuracy]) -> dict:
-    """Curriculum vs stage-2-only at equal total and equal stage-2 compute; restart vs eviction."""
+    """The curriculum with eviction vs the Control; curriculum vs stage-2-only at equal total and equal stage-2
+    compute; restart vs eviction. All paired over the same problems."""
     from memento.toy.evaluate import paired_difference
 
     by = {r.name: r for r in results}
     out = {}
     cur = by.get("curriculum")
+    if cur and "control" in by:
+        control = by["control"].full
+        difference = paired_difference(cur.evict.correct, control.correct)._asdict()
+        out["memento vs control"] = {"curriculum": cur.evict.accuracy, "control": control.accuracy,
+                                     "difference": difference}  # fmt: skip
     for other, label in (("stage2-total", "equal total compute"), ("stage2-only", "equal stage-2 compute")):
         if cur and other in by:
             difference = paired_difference(cur.evict.correct, by[other].evict.correct)._asdict()
@@ -184,6 +190,18 @@ def comparisons(results: list[Accuracy]) -> dict:
         out["restart"] = {"evict": cur.evict.accuracy, "restart": cur.restart.accuracy,
                           "difference": restart_effect(cur)._asdict()}  # fmt: skip
     return out
+
+
+def memento_vs_control(comp: dict) -> list[str]:
+    if "memento vs control" not in comp:
+        return []
+    c = comp["memento vs control"]
+    d = c["difference"]
+    return [
+        f"Curriculum model with eviction vs the Control (full attention), same problems: {pct(c['curriculum'])} vs "
+        f"{pct(c['control'])}, {100 * d['delta']:+.1f} pp {interval(d['ci'])}.",
+        "",
+    ]
 
 
 def write(out: Path, results: dict, leak: dict, plots: dict[str, Path]) -> Path:
@@ -207,6 +225,7 @@ def write(out: Path, results: dict, leak: dict, plots: dict[str, Path]) -> Path:
         "",
         *markdown_table(rows),
         "",
+        *memento_vs_control(comp),
         f"![accuracy]({plots['accuracy'].name}) ![kv]({plots['kv'].name})",
         "",
         "## Curriculum (stage 1 -> stage 2) vs stage 2 only",
@@ -243,9 +262,11 @@ def write(out: Path, results: dict, leak: dict, plots: dict[str, Path]) -> Path:
     lines += [
         "",
         "By distance (last layer): " + ", ".join(
-            f"{evict.role(m)} {pct(evict.accuracy[last, m])}" for m in range(b, evict.accuracy.shape[1])) + ".",
+            f"{evict.role(m)} {pct(evict.accuracy[last, m])} {interval(evict.ci(last, m))}"
+            for m in range(b, evict.accuracy.shape[1])) + ".",
         "Restart mode, same: " + ", ".join(
-            f"{restart.role(m)} {pct(restart.accuracy[last, m])}" for m in range(b, restart.accuracy.shape[1])) + ".",
+            f"{restart.role(m)} {pct(restart.accuracy[last, m])} {interval(restart.ci(last, m))}"
+            for m in range(b, restart.accuracy.shape[1])) + ".",
         f"Paper: {PAPER['probe']}.",
         "",
         f"![probe by layer]({plots['probe_layers'].name}) ![probe by distance]({plots['probe_distance'].name})",
