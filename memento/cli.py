@@ -391,3 +391,4 @@ from memento import cli_science  # noqa: E402  (the science commands, registered
 
 app.command()(_user_errors(cli_science.demo))
 app.command()(_user_errors(cli_science.probe))
+app.command()(_user_errors(cli_science.experiment))

@@ -61,11 +61,14 @@ def test_kv_with_hf_model_folder(smollm2_dir, shared_examples):
 
 
 def test_probe_cli(tmp_path):
-    """The probe as a tool on a (barely) trained toy model, a few traces; the full demo runs in tests/test_demo.py."""
-    from memento.toy.experiments import Size, train_variants
-
-    size = Size(train=32, steps=2, batch=8, micro_batch=8, problems=4, probe_traces=60)
-    model = train_variants("orbit", size, tmp_path, names=["stage2-only"])["stage2-only"]
+    """One experiment as a command (tiny size), then the probe as a tool on its (barely) trained model; the full demo
+    runs in tests/test_demo.py."""
+    printed = run("experiment", "stage2-only", "--size", "tiny", "--out", str(tmp_path)).stdout
+    assert "stage2-only" in printed and "restart mode:" in printed
+    experiment = json.loads((tmp_path / "stage2-only.json").read_text())
+    assert experiment["headline"][0]["model"] == "stage2-only" and experiment["restart_accuracy"] is not None
+    assert experiment["headline"][0]["peak_kv_tokens"] > 0
+    model = experiment["model"]
     result = json.loads(run("probe", "--model", str(model), "--n", "60", "--json").stdout)
     assert set(result) == {"evict", "restart"}
     rows = result["evict"]
@@ -83,6 +86,8 @@ def test_probe_cli(tmp_path):
         run("demo", "--ship", check=False).stderr.strip()
         == "error: --ship needs --full (it ships the models that run trains)"
     )
+    bad = run("experiment", "stage3", check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: experiment 'stage3': choose one of control")
 
 
 @pytest.mark.parametrize(
