@@ -73,3 +73,24 @@ def test_full_mode_trains_and_ships(tmp_path, monkeypatch):
     assert json.loads((folders["curriculum"] / "config.json").read_text())["dtype"] == "bfloat16"
     steps = [json.loads(x)["stage"] for x in (folders["curriculum"] / "log.jsonl").read_text().splitlines()]
     assert {"stage1", "stage2"} <= set(steps), "the curriculum's log holds both stages"
+
+
+def test_shipped_checkpoints_are_trained_models_that_know_the_format():
+    """The five models in memento/toy/checkpoints (from `memento demo --full --ship`): loadable, tiny, with their
+    recipe and training log, and the curriculum model solves new problems with its blocks evicted."""
+    from memento.engine.policy import EvictionPolicy
+    from memento.tokenizer import memento_ids
+    from memento.toy.evaluate import evaluate
+    from memento.toy.experiments import load
+    from memento.toy.tasks import held_out
+
+    folders = demo.shipped_models()
+    assert folders is not None and set(folders) == set(BY_NAME), "memento/toy/checkpoints holds the five models"
+    for name, folder in folders.items():
+        model, tokenizer = load(folder)
+        memento_ids(tokenizer)
+        assert sum(p.numel() for p in model.parameters()) < 1_000_000, name
+        assert (folder / "recipe.yaml").exists() and (folder / "log.jsonl").stat().st_size > 0, name
+    model, tokenizer = load(folders["curriculum"])
+    scores = evaluate(model, tokenizer, held_out("orbit", 8, seed=5), EvictionPolicy(0, mask_delimiters=True))
+    assert scores.accuracy >= 0.5 and scores.peak_kv_tokens < 300
