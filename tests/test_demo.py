@@ -77,7 +77,7 @@ def test_full_mode_trains_and_ships(tmp_path, monkeypatch):
 
 def test_shipped_checkpoints_are_trained_models_that_know_the_format():
     """The five models in memento/toy/checkpoints (from `memento demo --full --ship`): loadable, tiny, with their
-    recipe and training log, and the curriculum model solves new problems with its blocks evicted."""
+    recipe and training log, and the Memento models solve new problems with their blocks evicted (chance: 10%)."""
     from memento.engine.policy import EvictionPolicy
     from memento.tokenizer import memento_ids
     from memento.toy.evaluate import evaluate
@@ -91,6 +91,8 @@ def test_shipped_checkpoints_are_trained_models_that_know_the_format():
         memento_ids(tokenizer)
         assert sum(p.numel() for p in model.parameters()) < 1_000_000, name
         assert (folder / "recipe.yaml").exists() and (folder / "log.jsonl").stat().st_size > 0, name
-    model, tokenizer = load(folders["curriculum"])
-    scores = evaluate(model, tokenizer, held_out("orbit", 8, seed=5), EvictionPolicy(0, mask_delimiters=True))
-    assert scores.accuracy >= 0.5 and scores.peak_kv_tokens < 300
+    problems = held_out("orbit", 8, seed=5)
+    for name, at_least in (("curriculum", 0.25), ("stage2-total", 0.5)):  # 42% and 82% on 256 (docs/results/toy.md)
+        model, tokenizer = load(folders[name])
+        scores = evaluate(model, tokenizer, problems, EvictionPolicy(0, mask_delimiters=True))
+        assert scores.accuracy >= at_least and scores.peak_kv_tokens < 300, (name, scores.accuracy)
