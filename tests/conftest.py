@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Qwen3 tokenizer, SmolLM2-135M, and the paper's example traces (via ../shared)."""
+"""Shared fixtures: the real Qwen3 tokenizer, SmolLM2-135M, the paper's example traces (via ../shared), and the toy
+character tokenizer with a tiny random Llama over it."""
 
 from __future__ import annotations
 
@@ -44,3 +45,23 @@ def small_trace(n_blocks: int = 3) -> Trace:
         Block(f"Step {i}: compute {i} * {i} = {i * i}. Then check it.", f"{i}^2={i * i}") for i in range(n_blocks)
     ]
     return Trace("What is the sum of the first squares?", blocks, "The answer is \\boxed{5}.")
+
+
+@pytest.fixture(scope="session")
+def chars():
+    """The toy character tokenizer (ChatML and Memento tokens included)."""
+    from memento.toy.tokenizer import char_tokenizer
+
+    return char_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def char_llama(chars):
+    """A random 2-layer Llama (d=32, 4 heads, 2 KV heads of 8 dims) over `chars`, in eval mode."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(chars), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)  # fmt: skip
+    return LlamaForCausalLM(config).eval()

@@ -18,7 +18,6 @@ from memento.kv import replay
 from memento.spans import Kind, label
 from memento.tokenizer import encode_chat, memento_ids
 from memento.toy.sums import sums_traces
-from memento.toy.tokenizer import char_tokenizer
 
 POLICIES = {
     "keep0": EvictionPolicy(0),
@@ -38,11 +37,6 @@ def tiny_model(vocab: int, arch: str = "llama"):
     if arch == "qwen3":
         return Qwen3ForCausalLM(Qwen3Config(**common, num_key_value_heads=2, head_dim=16)).eval()
     return LlamaForCausalLM(LlamaConfig(**common, num_key_value_heads=2)).eval()
-
-
-@pytest.fixture(scope="module")
-def chars():
-    return char_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -13,32 +13,16 @@ from memento.probe.leakage import MEMENTO_KINDS, ProbeConfig, fit_probes, mement
 from memento.stats import label_trace
 from memento.tokenizer import memento_ids
 from memento.toy.orbit import orbit_traces, with_note
-from memento.toy.tokenizer import char_tokenizer
-
-
-@pytest.fixture(scope="module")
-def chars():
-    return char_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(chars):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(chars), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.mark.parametrize("policy", [EvictionPolicy(0, mask_delimiters=True), EvictionPolicy(0, restart=True)])
-def test_features_are_the_engines_cache(chars, model, policy):
+def test_features_are_the_engines_cache(chars, char_llama, policy):
     traces = [with_note(t, 1, d) for d, t in enumerate(orbit_traces(3, seed=4, rounds=4, steps=3))]
-    features = memento_features(model, chars, traces, policy, batch_size=2)
+    features = memento_features(char_llama, chars, traces, policy, batch_size=2)
     assert features.shape == (3, 2, 5, 2 * 2 * 8)
     for i, trace in enumerate(traces):
         encoded, spans = label_trace(trace, chars)
-        decoder = Decoder(model, memento_ids(chars), policy)
+        decoder = Decoder(char_llama, memento_ids(chars), policy)
         decoder.teacher_force(encoded.ids, encoded.completion_start)
         _, cache = decoder.last
         for j in range(5):

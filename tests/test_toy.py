@@ -16,14 +16,8 @@ from memento.stats import label_trace
 from memento.toy.digits import digits_traces
 from memento.toy.orbit import orbit_traces, with_note
 from memento.toy.tasks import from_spec
-from memento.toy.tokenizer import char_tokenizer
 
 TOY_POLICY = EvictionPolicy(0, mask_delimiters=True)
-
-
-@pytest.fixture(scope="module")
-def chars():
-    return char_tokenizer()
 
 
 def test_orbit_reasoning_shows_correct_work():

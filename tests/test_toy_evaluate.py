@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from memento.engine.generate import ReferenceEngine
 from memento.engine.policy import EvictionPolicy
@@ -15,24 +14,8 @@ from memento.stats import label_trace
 from memento.tokenizer import encode_chat
 from memento.toy.evaluate import boxed, evaluate, paired_difference, score, wilson
 from memento.toy.orbit import orbit_traces
-from memento.toy.tokenizer import char_tokenizer
 
 POLICY = EvictionPolicy(0, mask_delimiters=True)
-
-
-@pytest.fixture(scope="module")
-def chars():
-    return char_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(chars):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(chars), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)  # fmt: skip
-    return LlamaForCausalLM(config).eval()
 
 
 def test_boxed_and_intervals():
@@ -46,7 +29,7 @@ def test_boxed_and_intervals():
 
 
 @pytest.mark.parametrize("plain", [False, True])
-def test_reference_completions_score_perfectly(chars, model, plain):
+def test_reference_completions_score_perfectly(chars, char_llama, plain):
     """Forcing the reference solutions through the engine: every answer right, every output well formed, and the
     KV per problem equal to the token-replay simulator's."""
     traces = orbit_traces(4, seed=5, rounds=3, steps=4)
@@ -56,7 +39,7 @@ def test_reference_completions_score_perfectly(chars, model, plain):
         encoded = encode_chat(chars, t.problem, render_fn(t))
         forced.append(encoded.ids[encoded.completion_start :])
     policy = EvictionPolicy(-1) if plain else POLICY
-    engine = ReferenceEngine(model, chars, policy)
+    engine = ReferenceEngine(char_llama, chars, policy)
     generations = engine.generate([t.problem for t in traces], force=forced, batch_size=3)
     scores = score(traces, generations, seconds=1.0, plain=plain)
     assert scores.correct == [True] * 4 and scores.accuracy == 1.0 and scores.well_formed == 1.0
@@ -66,9 +49,9 @@ def test_reference_completions_score_perfectly(chars, model, plain):
     assert scores.tokens_per_s == sum(len(f) for f in forced)
 
 
-def test_evaluate_generates_and_scores_every_problem(chars, model):
+def test_evaluate_generates_and_scores_every_problem(chars, char_llama):
     traces = orbit_traces(3, seed=6, rounds=2, steps=2)
-    scores = evaluate(model, chars, traces, POLICY, batch_size=2, max_new_tokens=40)
+    scores = evaluate(char_llama, chars, traces, POLICY, batch_size=2, max_new_tokens=40)
     assert scores.n == 3 and len(scores.correct) == 3
     assert scores.generated_tokens == 40, "an untrained model runs to the length limit"
     assert 0 < scores.peak_kv_tokens <= 40 + max(len(encode_chat(chars, t.problem).ids) for t in traces)
