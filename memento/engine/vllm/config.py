@@ -1,0 +1,46 @@
+"""The Memento settings of a vLLM engine, read the same way in the EngineCore and worker processes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from memento.engine.policy import EvictionPolicy
+from memento.errors import MementoError
+from memento.spans import MementoIds
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    policy: EvictionPolicy
+    special: MementoIds
+
+
+def settings(vllm_config) -> Settings:
+    """The policy from `additional_config["memento"]`, the special-token ids from the model's tokenizer."""
+    from memento.engine.vllm import require_vllm
+
+    require_vllm()
+    extra = (vllm_config.additional_config or {}).get("memento")
+    if extra is None:
+        raise MementoError(
+            "the Memento scheduler/worker needs additional_config={'memento': {'policy': {...}}}: "
+            "build the engine with memento.engine.vllm.engine_args() or `memento serve`"
+        )
+    try:
+        policy = EvictionPolicy(**extra.get("policy", {}))
+    except TypeError as e:
+        raise MementoError(f"additional_config.memento.policy: {e}") from e
+    if "special" in extra:
+        special = MementoIds(**extra["special"])
+    else:
+        from transformers import AutoTokenizer
+
+        from memento.tokenizer import memento_ids
+
+        model = vllm_config.model_config
+        tokenizer = AutoTokenizer.from_pretrained(model.tokenizer, revision=model.tokenizer_revision)
+        special = memento_ids(tokenizer)
+    return Settings(policy, special)

@@ -1,0 +1,76 @@
+"""`MementoLogits`: the policy's generation limits, and teacher forcing, as a vLLM logits processor (worker process).
+
+- `max_block_tokens`: a block that reached the limit gets `<|block_end|>`; `max_blocks`: after the last allowed
+  memento, `</think>` — the same steering as the reference engine.
+- `SamplingParams(extra_args={"memento_force": [ids]})`: the completion is these tokens, whatever the model prefers
+  (drives any model through a recorded Memento trace; vLLM's logprobs stay the model's own, computed before
+  processors).
+"""
+
+from __future__ import annotations
+
+import torch
+from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
+
+from memento.engine.vllm.config import settings
+from memento.format import State
+from memento.spans import Kind, Labeller
+
+FORCE = "memento_force"
+
+
+class _Request:
+    """One request's view: labels its tokens incrementally and says which token, if any, is imposed next."""
+
+    def __init__(self, memento, force: list[int] | None):
+        self.policy, self.special, self.force = memento.policy, memento.special, force
+        self.labeller = Labeller(memento.special, strict=False)
+        self.seen = 0
+        self.block_start = -1  # sequence index of the open block's <|block_start|>
+
+    def __call__(self, prompt: list[int], output: list[int], logits: torch.Tensor) -> torch.Tensor:
+        if self.seen == 0:
+            for t, token in enumerate(prompt):
+                self._push(token, t)
+            self.seen = len(prompt)
+        while self.seen < len(prompt) + len(output):
+            self._push(output[self.seen - len(prompt)], self.seen)
+        token = self._imposed(len(prompt), len(output))
+        if token is None:
+            return logits
+        forced = torch.full_like(logits, float("-inf"))
+        forced[token] = 0.0
+        return forced
+
+    def _push(self, token: int, t: int) -> None:
+        kind, _ = self.labeller.push(token, t)
+        if kind == Kind.BLOCK_START and token == self.special.block_start:
+            self.block_start = t
+        self.seen = t + 1
+
+    def _imposed(self, n_prompt: int, n_output: int) -> int | None:
+        if self.force is not None:
+            return self.force[n_output] if n_output < len(self.force) else None
+        state, policy = self.labeller.state, self.policy
+        if policy.max_block_tokens and state is State.BLOCK:
+            if self.seen - 1 - self.block_start >= policy.max_block_tokens:
+                return self.special.block_end
+        if policy.max_blocks and state is State.THINK and self.labeller.index + 1 >= policy.max_blocks:
+            return self.special.think_end
+        return None
+
+
+class MementoLogits(AdapterLogitsProcessor):
+    def __init__(self, vllm_config, device, is_pin_memory):
+        super().__init__(vllm_config, device, is_pin_memory)
+        self.memento = settings(vllm_config)
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    def new_req_logits_processor(self, params):
+        force = (params.extra_args or {}).get(FORCE)
+        policy = self.memento.policy
+        if force is None and not (policy.max_block_tokens or policy.max_blocks):
+            return None
+        return _Request(self.memento, list(force) if force is not None else None)

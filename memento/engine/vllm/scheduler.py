@@ -1,0 +1,187 @@
+"""`MementoScheduler`: vLLM's scheduler with Memento eviction (runs in the EngineCore process).
+
+`num_computed_tokens` stays *logical* (RoPE positions, input-id gathering and stop checks are untouched); what a
+request holds physically is `num_computed_tokens - evicted`. Every request's tokens are labelled as they are sampled
+(`Row`, the reference engine's bookkeeping); when the tracker says a block goes before the token just sampled is fed,
+an `Eviction` is recorded, and applied at the start of the next `schedule()`:
+- the survivors fed after the block move down over it (the moves travel to the worker with the step's
+  `SchedulerOutput`, as `memento_moves`), and the pages past the last survivor return to vLLM's free pool;
+- in restart mode the survivors fed after the block are dropped too and `num_computed_tokens` rolls back to the first
+  of them, so vLLM feeds them again, with the new token, over the KV that survives;
+- allocations are sized by the physical count, and a resumed request is not required to fit its logical length.
+
+Preemption frees a request's KV; on resumption vLLM prefills its tokens again, and the scheduler cuts that prefill
+into chunks that end at each recorded eviction, applying them in turn, so the KV rebuilt is the KV generation had.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from vllm.v1.core.sched.scheduler import Scheduler
+
+from memento.engine.reference import Row
+from memento.engine.vllm.config import settings
+from memento.errors import MementoError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Eviction:
+    trigger: int  # logical index of the token that must not see the block: applied when it is the next to feed
+    gone: np.ndarray  # logical indices of the evicted tokens
+    redo_from: int | None  # restart mode: survivors from here to `trigger` are recomputed
+
+
+@dataclass
+class Track:
+    """One request's Memento state."""
+
+    row: Row  # labels of every token so far (the reference engine's bookkeeping)
+    events: list[Eviction] = field(default_factory=list)
+    applied: int = 0  # events reflected in the KV the request holds now
+    evicted: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # sorted logical indices
+    peak: int = 0  # most tokens held at once
+    timeline: list[int] = field(default_factory=list)  # tokens held after each step
+
+    @property
+    def pending(self) -> Eviction | None:
+        return self.events[self.applied] if self.applied < len(self.events) else None
+
+
+class MementoScheduler(Scheduler):
+    def __init__(self, vllm_config, *args, **kwargs):
+        if vllm_config.cache_config.enable_prefix_caching:
+            log.warning("memento: prefix caching turned off (a cached page could hold KV that eviction frees)")
+            vllm_config.cache_config.enable_prefix_caching = False
+        super().__init__(vllm_config, *args, **kwargs)
+        self.memento = settings(vllm_config)
+        groups = self.kv_cache_config.kv_cache_groups
+        if len(groups) != 1:
+            raise MementoError(f"memento on vLLM supports one KV cache group (full attention only), got {len(groups)}")
+        self.page = groups[0].kv_cache_spec.block_size
+        self.tracks: dict[str, Track] = {}
+        self.moves: dict[str, list[tuple[list[int], list[int], int]]] = {}  # per step: src, dst slots, pages kept
+        allocate = self.kv_cache_manager.allocate_slots
+
+        def allocate_slots(request, num_new_tokens, *args, **kwargs):
+            """vLLM sizes a request's pages by `num_computed_tokens + new`: make that the physical count."""
+            track = self.tracks.get(request.request_id)
+            evicted = len(track.evicted) if track is not None else 0
+            if track is not None and track.events:
+                kwargs["full_sequence_must_fit"] = False  # a resumed request never holds its logical length
+            if not evicted:
+                return allocate(request, num_new_tokens, *args, **kwargs)
+            request.num_computed_tokens -= evicted
+            try:
+                return allocate(request, num_new_tokens, *args, **kwargs)
+            finally:
+                request.num_computed_tokens += evicted
+
+        self.kv_cache_manager.allocate_slots = allocate_slots
+
+    # -- bookkeeping ---------------------------------------------------------------------------------------------
+
+    def _track(self, request) -> Track:
+        track = self.tracks.get(request.request_id)
+        if track is None:
+            prompt = list(request.prompt_token_ids or [])
+            track = Track(Row.start(prompt, self.memento.special, self.memento.policy))
+            self.tracks[request.request_id] = track
+        return track
+
+    def _label(self, request) -> None:
+        """Label the tokens sampled since the last call; record the evictions they trigger."""
+        track = self._track(request)
+        row, tokens = track.row, request.all_token_ids
+        while len(row.ids) < len(tokens):
+            t = len(row.ids)
+            block = row.add(tokens[t])
+            if block is None:
+                continue
+            gone = row.block_tokens(block).numpy()
+            if not len(gone):
+                continue
+            redo = int(gone.max()) + 1 if self.memento.policy.restart and int(gone.max()) + 1 < t else None
+            track.events.append(Eviction(trigger=t, gone=gone, redo_from=redo))
+
+    def _apply(self, request, track: Track) -> None:
+        """Apply the pending eviction of a request whose next token to feed is its trigger."""
+        event = track.pending
+        computed = request.num_computed_tokens
+        manager = self.kv_cache_manager.coordinator.single_type_managers[0]
+        pages = manager.req_to_blocks[request.request_id]
+        before = np.setdiff1d(np.arange(computed), track.evicted, assume_unique=True)  # physical order
+        evicted = np.union1d(track.evicted, event.gone)
+        drop = evicted if event.redo_from is None else np.union1d(evicted, np.arange(event.redo_from, computed))
+        keep = np.isin(before, drop, invert=True)
+        old = np.flatnonzero(keep)  # physical slots of the survivors, before ...
+        new = np.arange(len(old))  # ... and after compaction
+        moved = old != new
+        page_ids = np.array([p.block_id for p in pages], dtype=np.int64)
+
+        def slot(i):
+            return page_ids[i // self.page] * self.page + i % self.page
+
+        need = -(-len(old) // self.page)
+        step = (slot(old[moved]).tolist(), slot(new[moved]).tolist(), need)
+        self.moves.setdefault(request.request_id, []).append(step)
+        if need < len(pages):
+            tail = pages[need:]
+            del pages[need:]
+            self.kv_cache_manager.block_pool.free_blocks(reversed(tail))
+        track.evicted = evicted
+        track.applied += 1
+        if event.redo_from is not None:
+            request.num_computed_tokens = event.redo_from
+
+    # -- vLLM hooks ----------------------------------------------------------------------------------------------
+
+    def schedule(self, *args, **kwargs):
+        self.moves = {}
+        for request in self.running:
+            track = self.tracks.get(request.request_id)
+            while track is not None and track.pending and track.pending.trigger == request.num_computed_tokens:
+                self._apply(request, track)
+        out = super().schedule(*args, **kwargs)
+        out.memento_moves = self.moves
+        out.memento_evicted = {
+            rid: len(track.evicted) for rid, track in self.tracks.items() if len(track.evicted) or rid in self.moves
+        }
+        return out
+
+    def _reserve_prefill_lookahead(self, request, num_computed_tokens: int, num_new_tokens: int) -> int:
+        """A replayed prefill stops at the next recorded eviction, which is applied before the rest is fed."""
+        n = super()._reserve_prefill_lookahead(request, num_computed_tokens, num_new_tokens)
+        track = self.tracks.get(request.request_id)
+        if track is not None and track.pending is not None and track.pending.trigger > num_computed_tokens:
+            n = min(n, track.pending.trigger - num_computed_tokens)
+        return n
+
+    def _preempt_request(self, request, *args, **kwargs) -> None:
+        super()._preempt_request(request, *args, **kwargs)
+        track = self.tracks.get(request.request_id)
+        if track is not None:  # all its KV is gone; resumption replays the evictions
+            track.applied, track.evicted = 0, np.zeros(0, dtype=np.int64)
+            self.moves.pop(request.request_id, None)
+
+    def update_from_output(self, scheduler_output, model_runner_output):
+        outputs = super().update_from_output(scheduler_output, model_runner_output)
+        for rid in scheduler_output.num_scheduled_tokens:
+            request = self.requests.get(rid)
+            if request is None:
+                self.tracks.pop(rid, None)
+                continue
+            track = self._track(request)
+            self._label(request)
+            held = request.num_computed_tokens - len(track.evicted)
+            track.peak = max(track.peak, held)
+            track.timeline.append(held)
+        return outputs
+
+    def _free_request(self, request, *args, **kwargs):
+        self.tracks.pop(request.request_id, None)
+        return super()._free_request(request, *args, **kwargs)
