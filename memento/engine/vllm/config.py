@@ -18,6 +18,22 @@ class Settings:
     special: MementoIds
 
 
+POLICY = "memento_policy"  # SamplingParams.extra_args key: this request's policy instead of the engine's
+
+
+def request_policy(default: EvictionPolicy, params) -> EvictionPolicy:
+    """The policy of one request: `extra_args["memento_policy"]` (a dict of `EvictionPolicy` fields) or the engine's."""
+    extra = (getattr(params, "extra_args", None) or {}).get(POLICY)
+    if extra is None:
+        return default
+    if isinstance(extra, str):
+        return EvictionPolicy.named(extra)
+    try:
+        return EvictionPolicy(**extra)
+    except TypeError as e:
+        raise MementoError(f"extra_args.{POLICY}: {e}") from e
+
+
 def settings(vllm_config) -> Settings:
     """The policy from `additional_config["memento"]`, the special-token ids from the model's tokenizer."""
     from memento.engine.vllm import require_vllm

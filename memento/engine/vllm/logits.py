@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
-from memento.engine.vllm.config import settings
+from memento.engine.vllm.config import request_policy, settings
+from memento.errors import MementoError
 from memento.format import State
 from memento.spans import Kind, Labeller
 
@@ -22,9 +23,9 @@ FORCE = "memento_force"
 class _Request:
     """One request's view: labels its tokens incrementally and says which token, if any, is imposed next."""
 
-    def __init__(self, memento, force: list[int] | None):
-        self.policy, self.special, self.force = memento.policy, memento.special, force
-        self.labeller = Labeller(memento.special, strict=False)
+    def __init__(self, policy, special, force: list[int] | None):
+        self.policy, self.special, self.force = policy, special, force
+        self.labeller = Labeller(special, strict=False)
         self.seen = 0
         self.block_start = -1  # sequence index of the open block's <|block_start|>
 
@@ -65,12 +66,25 @@ class MementoLogits(AdapterLogitsProcessor):
         super().__init__(vllm_config, device, is_pin_memory)
         self.memento = settings(vllm_config)
 
+    @classmethod
+    def validate_params(cls, params) -> None:
+        """Checked in the front end (a bad request gets HTTP 400 instead of reaching the engine)."""
+        from memento.engine.policy import EvictionPolicy
+
+        try:
+            request_policy(EvictionPolicy(), params)
+        except MementoError as e:
+            raise ValueError(str(e)) from e
+        force = (params.extra_args or {}).get(FORCE)
+        if force is not None and not (isinstance(force, list) and all(isinstance(t, int) and t >= 0 for t in force)):
+            raise ValueError(f"extra_args.{FORCE} must be a list of token ids")
+
     def is_argmax_invariant(self) -> bool:
         return False
 
     def new_req_logits_processor(self, params):
         force = (params.extra_args or {}).get(FORCE)
-        policy = self.memento.policy
+        policy = request_policy(self.memento.policy, params)
         if force is None and not (policy.max_block_tokens or policy.max_blocks):
             return None
-        return _Request(self.memento, list(force) if force is not None else None)
+        return _Request(policy, self.memento.special, list(force) if force is not None else None)

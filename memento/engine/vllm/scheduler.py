@@ -23,7 +23,7 @@ import numpy as np
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from memento.engine.reference import Row
-from memento.engine.vllm.config import settings
+from memento.engine.vllm.config import request_policy, settings
 from memento.errors import MementoError
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,8 @@ class MementoScheduler(Scheduler):
         track = self.tracks.get(request.request_id)
         if track is None:
             prompt = list(request.prompt_token_ids or [])
-            track = Track(Row.start(prompt, self.memento.special, self.memento.policy))
+            policy = request_policy(self.memento.policy, request.sampling_params)
+            track = Track(Row.start(prompt, self.memento.special, policy))
             self.tracks[request.request_id] = track
         return track
 
@@ -105,7 +106,7 @@ class MementoScheduler(Scheduler):
             gone = row.block_tokens(block).numpy()
             if not len(gone):
                 continue
-            redo = int(gone.max()) + 1 if self.memento.policy.restart and int(gone.max()) + 1 < t else None
+            redo = int(gone.max()) + 1 if row.tracker.policy.restart and int(gone.max()) + 1 < t else None
             track.events.append(Eviction(trigger=t, gone=gone, redo_from=redo))
 
     def _apply(self, request, track: Track) -> None:
