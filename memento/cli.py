@@ -392,3 +392,7 @@ from memento import cli_science  # noqa: E402  (the science commands, registered
 app.command()(_user_errors(cli_science.demo))
 app.command()(_user_errors(cli_science.probe))
 app.command()(_user_errors(cli_science.experiment))
+
+from memento import cli_serve  # noqa: E402
+
+app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_user_errors(cli_serve.serve))

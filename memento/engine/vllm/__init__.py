@@ -40,7 +40,8 @@ def require_vllm():
     version = tuple(int(x) for x in vllm.__version__.split("+")[0].split(".")[:2])
     if not TESTED[0] <= version < TESTED[1]:
         low, high = (".".join(map(str, v)) for v in TESTED)
-        raise MementoError(f"memento's vLLM extension was tested with vLLM >= {low}, < {high}; found {vllm.__version__}")
+        found = vllm.__version__
+        raise MementoError(f"memento's vLLM extension was tested with vLLM >= {low}, < {high}; found {found}")
     return vllm
 
 

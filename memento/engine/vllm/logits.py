@@ -53,9 +53,9 @@ class _Request:
         if self.force is not None:
             return self.force[n_output] if n_output < len(self.force) else None
         state, policy = self.labeller.state, self.policy
-        if policy.max_block_tokens and state is State.BLOCK:
-            if self.seen - 1 - self.block_start >= policy.max_block_tokens:
-                return self.special.block_end
+        opened = self.seen - 1 - self.block_start  # tokens in the open block so far
+        if policy.max_block_tokens and state is State.BLOCK and opened >= policy.max_block_tokens:
+            return self.special.block_end
         if policy.max_blocks and state is State.THINK and self.labeller.index + 1 >= policy.max_blocks:
             return self.special.think_end
         return None

@@ -45,7 +45,17 @@ class Track:
     applied: int = 0  # events reflected in the KV the request holds now
     evicted: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # sorted logical indices
     peak: int = 0  # most tokens held at once
-    timeline: list[int] = field(default_factory=list)  # tokens held after each step
+    held: int = 0  # tokens held after the last step
+
+    def stats(self, request) -> dict:
+        return {
+            "blocks": self.row.labeller.index + 1,
+            "evictions": len(self.events),
+            "evicted_tokens": int(sum(len(e.gone) for e in self.events)),
+            "peak_kv_tokens": self.peak,
+            "final_kv_tokens": self.held,
+            "preemptions": request.num_preemptions,
+        }
 
     @property
     def pending(self) -> Eviction | None:
@@ -170,19 +180,24 @@ class MementoScheduler(Scheduler):
             self.moves.pop(request.request_id, None)
 
     def update_from_output(self, scheduler_output, model_runner_output):
-        outputs = super().update_from_output(scheduler_output, model_runner_output)
-        for rid in scheduler_output.num_scheduled_tokens:
+        for rid in scheduler_output.num_scheduled_tokens:  # the step's tokens are fed: count what is held
             request = self.requests.get(rid)
-            if request is None:
-                self.tracks.pop(rid, None)
-                continue
-            track = self._track(request)
-            self._label(request)
-            held = request.num_computed_tokens - len(track.evicted)
-            track.peak = max(track.peak, held)
-            track.timeline.append(held)
+            if request is not None:
+                track = self._track(request)
+                held = request.num_computed_tokens - len(track.evicted)
+                track.peak, track.held = max(track.peak, held), held
+        outputs = super().update_from_output(scheduler_output, model_runner_output)
+        for rid in scheduler_output.num_scheduled_tokens:  # label what was sampled (finished requests are gone)
+            request = self.requests.get(rid)
+            if request is not None:
+                self._label(request)
         return outputs
 
     def _free_request(self, request, *args, **kwargs):
-        self.tracks.pop(request.request_id, None)
-        return super()._free_request(request, *args, **kwargs)
+        """The request's KV statistics reach the client as `kv_transfer_params["memento"]` (vLLM passes that field
+        through to `RequestOutput` and to the OpenAI responses)."""
+        params, *rest = super()._free_request(request, *args, **kwargs)
+        track = self.tracks.pop(request.request_id, None)
+        if track is not None:
+            params = {**(params or {}), "memento": track.stats(request)}
+        return (params, *rest)

