@@ -19,6 +19,7 @@ from rich.progress import track
 from rich.table import Table
 
 import memento
+from memento import cli_policy
 from memento.errors import MementoError
 
 app = typer.Typer(
@@ -317,14 +318,12 @@ STYLES = {"BLOCK": "dim cyan", "SUMMARY": "bold green", "ANSWER": "", "PROMPT": 
 def generate(
     prompt: Annotated[str, typer.Argument(help="The user message (the chat template is applied).")],
     model: Annotated[Path, typer.Option(help="A Hugging Face model folder with the Memento tokens.")],
-    policy: Annotated[str, typer.Option(help="full, keep0 (evict every block), keep1, or keepN.")] = "keep0",
-    mask_delimiters: Annotated[bool, typer.Option(help="Evict block delimiters with the block.")] = False,
-    keep_last_block_for_answer: Annotated[
-        bool, typer.Option(help="The last block stays visible to the answer.")
-    ] = False,
-    restart: Annotated[bool, typer.Option(help="Strict forgetting: recompute mementos without their block.")] = False,
-    max_block_tokens: Annotated[int | None, typer.Option(help="Force <|block_end|> after this many.")] = None,
-    max_blocks: Annotated[int | None, typer.Option(help="Force </think> after this many blocks.")] = None,
+    policy: cli_policy.Policy = "keep0",
+    mask_delimiters: cli_policy.MaskDelimiters = False,
+    keep_last_block_for_answer: cli_policy.KeepLastBlock = False,
+    restart: cli_policy.Restart = False,
+    max_block_tokens: cli_policy.MaxBlockTokens = None,
+    max_blocks: cli_policy.MaxBlocks = None,
     max_new_tokens: Annotated[int, typer.Option(help="Generation length limit.")] = 1024,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 1.0,
@@ -342,20 +341,12 @@ def generate(
     from rich.text import Text
 
     from memento.engine.generate import ReferenceEngine
-    from memento.engine.policy import EvictionPolicy
     from memento.engine.sampling import Sampling
     from memento.kv import compare, plot_sawtooth
     from memento.spans import Kind, label
     from memento.tokenizer import encode_chat
 
-    flags = dict(
-        mask_delimiters=mask_delimiters,
-        keep_last_block_for_answer=keep_last_block_for_answer,
-        restart=restart,
-        max_block_tokens=max_block_tokens,
-        max_blocks=max_blocks,
-    )
-    pol = EvictionPolicy.named(policy, **flags)
+    pol = cli_policy.policy(policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks)
     sampling = Sampling(max_new_tokens, temperature, top_p, top_k, seed, tuple(stop or ()))
     engine = ReferenceEngine.from_pretrained(model, pol, device=device, add_tokens=add_tokens)
     (result,) = engine.generate(prompt, sampling)

@@ -10,18 +10,18 @@ from typing import Annotated
 
 import typer
 
+from memento import cli_policy
+
 
 def serve(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="A model folder (or hub name) whose tokenizer has the Memento tokens.")],
-    policy: Annotated[str, typer.Option(help="full, keep0 (evict every block), keep1, or keepN.")] = "keep0",
-    mask_delimiters: Annotated[bool, typer.Option(help="Evict block delimiters with the block.")] = False,
-    keep_last_block_for_answer: Annotated[
-        bool, typer.Option(help="The last block stays visible to the answer.")
-    ] = False,
-    restart: Annotated[bool, typer.Option(help="Strict forgetting: recompute mementos without their block.")] = False,
-    max_block_tokens: Annotated[int | None, typer.Option(help="Force <|block_end|> after this many.")] = None,
-    max_blocks: Annotated[int | None, typer.Option(help="Force </think> after this many blocks.")] = None,
+    policy: cli_policy.Policy = "keep0",
+    mask_delimiters: cli_policy.MaskDelimiters = False,
+    keep_last_block_for_answer: cli_policy.KeepLastBlock = False,
+    restart: cli_policy.Restart = False,
+    max_block_tokens: cli_policy.MaxBlockTokens = None,
+    max_blocks: cli_policy.MaxBlocks = None,
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 opens the server to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     print_command: Annotated[
@@ -34,17 +34,9 @@ def serve(
     carries the request's KV statistics in `kv_transfer_params.memento`. Pass `skip_special_tokens: false` to see the
     block structure in the text.
     """
-    from memento.engine.policy import EvictionPolicy
     from memento.engine.vllm import require_vllm, serve_flags
 
-    flags = dict(
-        mask_delimiters=mask_delimiters,
-        keep_last_block_for_answer=keep_last_block_for_answer,
-        restart=restart,
-        max_block_tokens=max_block_tokens,
-        max_blocks=max_blocks,
-    )
-    pol = EvictionPolicy.named(policy, **flags)
+    pol = cli_policy.policy(policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks)
     args = ["--host", host, "--port", str(port), *serve_flags(pol), *ctx.args]
     if print_command:
         typer.echo(shlex.join(["vllm", "serve", str(model), *args]))
