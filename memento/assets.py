@@ -107,3 +107,17 @@ def smollm2_dir() -> Path:
         tok.save_pretrained(out)
 
     return _cached("smollm2-135m-instruct", build)
+
+
+def smollm2_memento_dir() -> Path:
+    """SmolLM2-135M-Instruct with the six Memento tokens added (embeddings initialised, not trained): a real model
+    of realistic cost for plumbing and throughput work driven by teacher forcing, not for accuracy."""
+
+    def build(out: Path) -> None:
+        from memento.engine.generate import ReferenceEngine
+
+        engine = ReferenceEngine.from_pretrained(smollm2_dir(), add_tokens=True)
+        engine.model.save_pretrained(out)
+        engine.tokenizer.save_pretrained(out)
+
+    return _cached("smollm2-135m-instruct-memento", build)

@@ -387,3 +387,8 @@ app.command()(_user_errors(cli_science.experiment))
 from memento import cli_serve  # noqa: E402
 
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_user_errors(cli_serve.serve))
+
+from memento import cli_bench  # noqa: E402
+
+cli_bench.app.command()(_user_errors(cli_bench.throughput))
+app.add_typer(cli_bench.app, name="bench")

@@ -58,6 +58,7 @@ def server(tmp_path_factory):
 def test_serve_streams_a_memento_chat_completion_with_kv_statistics(server):
     import httpx
     import openai
+    from prometheus_client.parser import text_string_to_metric_families
 
     from memento.toy.orbit import orbit_traces
 
@@ -88,3 +89,8 @@ def test_serve_streams_a_memento_chat_completion_with_kv_statistics(server):
     assert 400 <= response.status_code < 500 and "error" in response.json()
     metrics = httpx.get(f"{server}/metrics").text
     assert "vllm:kv_cache_usage_perc" in metrics
+    values = {s.name: s.value for family in text_string_to_metric_families(metrics) for s in family.samples}
+    assert values["memento:requests_total"] == 2  # the two answered requests; the refused ones never ran
+    assert values["memento:evictions_total"] > stats["evictions"]  # both requests evicted blocks
+    assert values["memento:evicted_tokens_total"] > stats["evicted_tokens"]
+    assert values["memento:peak_kv_tokens_count"] == 2

@@ -46,6 +46,7 @@ class Track:
     evicted: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # sorted logical indices
     peak: int = 0  # most tokens held at once
     held: int = 0  # tokens held after the last step
+    resume: int = 0  # tokens held when last preempted: its replay rebuilds that many
 
     def stats(self, request) -> dict:
         return {
@@ -83,6 +84,8 @@ class MementoScheduler(Scheduler):
             evicted = len(track.evicted) if track is not None else 0
             if track is not None and track.events:
                 kwargs["full_sequence_must_fit"] = False  # a resumed request never holds its logical length
+                if request.num_computed_tokens == 0 and self._free_pages() < -(-track.resume // self.page):
+                    return None  # resume once the KV it held fits: readmitted earlier, it would be preempted again
             if not evicted:
                 return allocate(request, num_new_tokens, *args, **kwargs)
             request.num_computed_tokens -= evicted
@@ -92,6 +95,9 @@ class MementoScheduler(Scheduler):
                 request.num_computed_tokens += evicted
 
         self.kv_cache_manager.allocate_slots = allocate_slots
+
+    def _free_pages(self) -> int:
+        return self.kv_cache_manager.block_pool.get_num_free_blocks()
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
 
@@ -176,6 +182,7 @@ class MementoScheduler(Scheduler):
         super()._preempt_request(request, *args, **kwargs)
         track = self.tracks.get(request.request_id)
         if track is not None:  # all its KV is gone; resumption replays the evictions
+            track.resume = track.held
             track.applied, track.evicted = 0, np.zeros(0, dtype=np.int64)
             self.moves.pop(request.request_id, None)
 

@@ -1,0 +1,83 @@
+"""`memento bench`: measurements as tools (registered in `memento.cli`). `throughput`: vLLM + Memento vs stock vLLM."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from memento import cli_policy
+
+app = typer.Typer(no_args_is_help=True, help="Measure: serving throughput of vLLM + Memento against stock vLLM.")
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+WORKED_EXAMPLE = Path(__file__).resolve().parent / "examples" / "worked_example.json"
+
+
+def throughput(
+    model: Annotated[
+        str | None, typer.Option(help="Model folder with the Memento tokens [default: SmolLM2-135M + Memento tokens].")
+    ] = None,
+    traces: Annotated[
+        Path, typer.Option(help="Memento traces whose shapes the requests follow (rows JSONL or segments JSON).")
+    ] = WORKED_EXAMPLE,
+    requests: Annotated[int, typer.Option(help="Concurrent requests (one batch).")] = 16,
+    scale: Annotated[float, typer.Option(help="Fraction of each block / memento / answer kept (1 = full).")] = 0.25,
+    kv_pages: Annotated[
+        int | None, typer.Option(help="KV pool in pages, the same for both engines [default: 4 longest requests].")
+    ] = None,
+    block_size: Annotated[int, typer.Option(help="Tokens per KV page.")] = 32,
+    dtype: Annotated[str, typer.Option(help="Model dtype in vLLM.")] = "bfloat16",
+    policy: cli_policy.Policy = "keep0",
+    mask_delimiters: cli_policy.MaskDelimiters = False,
+    keep_last_block_for_answer: cli_policy.KeepLastBlock = False,
+    restart: cli_policy.Restart = False,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where throughput.json, .md and .png go.")] = Path("bench-out"),
+):
+    """Serve N teacher-forced requests on stock vLLM, then on vLLM + Memento, with the same model and KV pool.
+
+    Reports output tokens/s, batch completion time, peak / mean KV usage and concurrency, as ratios, and plots KV
+    usage over time for both. Each engine takes ~30 s to start; the batches take minutes on a CPU.
+    """
+    from transformers import AutoTokenizer
+
+    from memento.assets import smollm2_memento_dir
+    from memento.engine.vllm import require_vllm
+    from memento.errors import MementoError
+    from memento.rows import read_traces
+
+    require_vllm()
+    from memento.engine.vllm import bench
+
+    if requests < 1:
+        raise MementoError(f"--requests {requests}: need at least one request")
+    pol = cli_policy.policy(policy, mask_delimiters, keep_last_block_for_answer, restart, None, None)
+    if not pol.evicts:
+        raise MementoError(f"--policy {policy} never evicts: the comparison needs a Memento policy (keep0, keepN)")
+    model = model or str(smollm2_memento_dir())
+    work = bench.workload(AutoTokenizer.from_pretrained(model), read_traces(traces), requests, scale, traces.name)
+    result = bench.compare(model, work, policy=pol, pages=kv_pages, block_size=block_size, dtype=dtype,
+                           phase=lambda text: err.print(f"[dim]·[/dim] {text}"))  # fmt: skip
+    command = shlex.join(["memento", "bench", "throughput", *sys.argv[3:]])
+    write(result, out_dir, command, title="Throughput: vLLM + Memento vs stock vLLM")
+    r = result["ratios"]
+    out.print(f"Memento: {r['throughput']:.2f}x output tokens/s, {r['completion_time']:.2f}x faster batch, "
+              f"{r['mean_running']:.2f}x requests running on average")  # fmt: skip
+    out.print(f"report: {out_dir / 'throughput.md'}")
+
+
+def write(result: dict, out_dir: Path, command: str, title: str) -> None:
+    from memento.engine.vllm import bench
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "throughput.json").write_text(json.dumps(result, indent=1) + "\n")
+    bench.plot(result, out_dir / "throughput.png")
+    lines = [f"# {title}", "", *bench.report(result, command), "", "![KV usage over time](throughput.png)"]
+    (out_dir / "throughput.md").write_text("\n".join(lines) + "\n")
+    out.print("\n".join(lines[2:-2]))
