@@ -22,7 +22,7 @@ WORKED_EXAMPLE = Path(__file__).resolve().parent / "examples" / "worked_example.
 
 def throughput(
     model: Annotated[
-        str | None, typer.Option(help="Model folder with the Memento tokens [default: SmolLM2-135M + Memento tokens].")
+        str | None, typer.Option(help="Model folder with the Memento tokens (default: SmolLM2-135M + Memento tokens).")
     ] = None,
     traces: Annotated[
         Path, typer.Option(help="Memento traces whose shapes the requests follow (rows JSONL or segments JSON).")
@@ -30,7 +30,7 @@ def throughput(
     requests: Annotated[int, typer.Option(help="Concurrent requests (one batch).")] = 16,
     scale: Annotated[float, typer.Option(help="Fraction of each block / memento / answer kept (1 = full).")] = 0.25,
     kv_pages: Annotated[
-        int | None, typer.Option(help="KV pool in pages, the same for both engines [default: 4 longest requests].")
+        int | None, typer.Option(help="KV pool in pages, the same for both engines (default: 4 longest requests).")
     ] = None,
     block_size: Annotated[int, typer.Option(help="Tokens per KV page.")] = 32,
     dtype: Annotated[str, typer.Option(help="Model dtype in vLLM.")] = "bfloat16",
@@ -38,7 +38,7 @@ def throughput(
     mask_delimiters: cli_policy.MaskDelimiters = False,
     keep_last_block_for_answer: cli_policy.KeepLastBlock = False,
     restart: cli_policy.Restart = False,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where throughput.json, .md and .png go.")] = Path("bench-out"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Where throughput.md, .json, .png go.")] = Path("bench-out"),
 ):
     """Serve N teacher-forced requests on stock vLLM, then on vLLM + Memento, with the same model and KV pool.
 
@@ -76,7 +76,9 @@ def write(result: dict, out_dir: Path, command: str, title: str) -> None:
     from memento.engine.vllm import bench
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "throughput.json").write_text(json.dumps(result, indent=1) + "\n")
+    summary = {k: v for k, v in result.items() if k != "series"}
+    (out_dir / "throughput.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out_dir / "throughput-series.json").write_text(json.dumps(result["series"], separators=(",", ":")) + "\n")
     bench.plot(result, out_dir / "throughput.png")
     lines = [f"# {title}", "", *bench.report(result, command), "", "![KV usage over time](throughput.png)"]
     (out_dir / "throughput.md").write_text("\n".join(lines) + "\n")

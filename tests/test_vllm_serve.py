@@ -55,28 +55,52 @@ def server(tmp_path_factory):
             proc.kill()
 
 
-def test_serve_streams_a_memento_chat_completion_with_kv_statistics(server):
+@pytest.fixture(scope="module")
+def reference():
+    """The reference engine's greedy answers (computed before the server starts: an idle engine busy-polls)."""
+    from memento.engine.generate import ReferenceEngine
+    from memento.engine.policy import EvictionPolicy
+    from memento.engine.sampling import Sampling
+    from memento.toy.orbit import orbit_traces
+
+    problem = orbit_traces(1, seed=3, split="test")[0].problem
+    engine = ReferenceEngine.from_pretrained(TOY)
+    greedy = Sampling(temperature=0, max_new_tokens=900)
+    runs = {}
+    for name in ("keep0", "keep1"):
+        policy = EvictionPolicy.named(name)
+        runs[name] = ReferenceEngine(engine.model, engine.tokenizer, policy).generate(problem, greedy)[0]
+    return problem, engine.tokenizer, runs
+
+
+def test_serve_streams_a_memento_chat_completion_with_kv_statistics(reference, server):
     import httpx
     import openai
     from prometheus_client.parser import text_string_to_metric_families
 
-    from memento.toy.orbit import orbit_traces
+    from memento.tokenizer import encode_chat
 
+    problem, tokenizer, expected = reference
     client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
     model = client.models.list().data[0].id
-    messages = [{"role": "user", "content": orbit_traces(1, seed=3, split="test")[0].problem}]
+    messages = [{"role": "user", "content": problem}]
     plain = {"skip_special_tokens": False}
     stream = client.chat.completions.create(model=model, messages=messages, stream=True, max_tokens=900,
                                             temperature=0, extra_body=plain)  # fmt: skip
     chunks = [c.choices[0].delta.content or "" for c in stream if c.choices]
     text = "".join(chunks)
     assert len(chunks) > 10  # streamed, not one piece
+    assert text == tokenizer.decode(expected["keep0"].ids, skip_special_tokens=False)  # the reference engine's text
     for token in ("<|block_start|>", "<|block_end|>", "<|summary_start|>", "<|summary_end|>", "</think>"):
         assert token in text
 
     reply = client.chat.completions.create(model=model, messages=messages, max_tokens=900, temperature=0,
-                                           extra_body=plain | {"vllm_xargs": {"memento_policy": "keep1"}})  # fmt: skip
+                                           extra_body=plain | {"return_token_ids": True,
+                                                               "vllm_xargs": {"memento_policy": "keep1"}})  # fmt: skip
+    assert reply.model_extra["prompt_token_ids"] == encode_chat(tokenizer, problem).ids  # the Memento chat template
+    assert reply.choices[0].model_extra["token_ids"] == expected["keep1"].ids  # greedy tokens of the reference
     stats = reply.model_extra["kv_transfer_params"]["memento"]
+    assert stats["evicted_tokens"] == expected["keep1"].stats.evicted_tokens
     total = reply.usage.prompt_tokens + reply.usage.completion_tokens
     assert stats["evictions"] >= 3 and stats["evicted_tokens"] > 0
     assert stats["peak_kv_tokens"] < total - stats["evicted_tokens"] // 2  # it really held less than all its tokens

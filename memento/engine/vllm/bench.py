@@ -179,7 +179,7 @@ def run_engine(model: str, work: Workload, *, memento: EvictionPolicy | None, pa
         finally:
             llm.llm_engine.engine_core.shutdown()
         samples = [json.loads(line) for line in record.read_text().splitlines()]
-    samples = [[s[0] - start, *s[1:]] for s in samples if s[0] >= start]
+    samples = [[round(s[0] - start, 3), *s[1:]] for s in samples if s[0] >= start]
     got = [list(o.outputs[0].token_ids) for o in outs]
     if [len(g) for g in got] != [len(c) for c in work.completions] or (memento and got != work.completions):
         raise MementoError("the engine did not produce the forced completions; the comparison would be unfair")

@@ -8,7 +8,8 @@ an `Eviction` is recorded, and applied at the start of the next `schedule()`:
   `SchedulerOutput`, as `memento_moves`), and the pages past the last survivor return to vLLM's free pool;
 - in restart mode the survivors fed after the block are dropped too and `num_computed_tokens` rolls back to the first
   of them, so vLLM feeds them again, with the new token, over the KV that survives;
-- allocations are sized by the physical count, and a resumed request is not required to fit its logical length.
+- allocations are sized by the physical count, and a resumed request is not required to fit its logical length;
+  it is readmitted once the pool can hold the tokens it held when preempted (what its replay rebuilds).
 
 Preemption frees a request's KV; on resumption vLLM prefills its tokens again, and the scheduler cuts that prefill
 into chunks that end at each recorded eviction, applying them in turn, so the KV rebuilt is the KV generation had.
