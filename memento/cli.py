@@ -392,3 +392,7 @@ from memento import cli_bench  # noqa: E402
 
 cli_bench.app.command()(_user_errors(cli_bench.throughput))
 app.add_typer(cli_bench.app, name="bench")
+
+from memento import cli_eval  # noqa: E402
+
+app.command("eval")(_user_errors(cli_eval.evaluate))
