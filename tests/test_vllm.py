@@ -179,8 +179,8 @@ def real_shaped_trace():
     from memento.rows import read_traces
 
     (trace,) = read_traces(AIME_TRACE)
-    blocks = [Block(b.text[:200], b.memento[:80]) for b in trace.blocks[:4]]
-    return replace(trace, problem=trace.problem[:300], blocks=blocks, answer=trace.answer[-120:])
+    blocks = [Block(b.text[:120], b.memento[:50]) for b in trace.blocks[:4]]  # ~60 / ~15 tokens: the reference
+    return replace(trace, problem=trace.problem[:200], blocks=blocks, answer=trace.answer[-80:])  # runs 4 passes
 
 
 @pytest.fixture(scope="module")
