@@ -46,6 +46,8 @@ class EvalSettings:
 def evaluate(settings: EvalSettings, out: Path, limit: int | None = None, batch_size: int = 16,
              progress: bool = True) -> dict:  # fmt: skip
     """Generate, check and record every missing sample, then summarize the run into `summary.json`."""
+    from tqdm.auto import tqdm
+
     from memento.engine.generate import ReferenceEngine
 
     task = get(settings.task)
@@ -58,7 +60,7 @@ def evaluate(settings: EvalSettings, out: Path, limit: int | None = None, batch_
     generated = 0
     if todo:
         engine = ReferenceEngine.from_pretrained(settings.model, EvictionPolicy(**settings.policy))
-        bar = _progress(len(todo), f"{settings.task}: {len(todo)} samples") if progress else None
+        bar = tqdm(total=len(todo), desc=f"{settings.task}: {len(todo)} samples", unit="sample", disable=not progress)
         with (out / "results.jsonl").open("a") as sink:
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start : start + batch_size]
@@ -69,10 +71,8 @@ def evaluate(settings: EvalSettings, out: Path, limit: int | None = None, batch_
                     records.append(record)
                 sink.flush()
                 generated += len(chunk)
-                if bar:
-                    bar.update(len(chunk))
-        if bar:
-            bar.close()
+                bar.update(len(chunk))
+        bar.close()
     wanted = {p.id for p in problems}
     summary = summarize([r for r in records if r["problem"] in wanted], settings, task.about)
     summary["generated_now"] = generated
@@ -173,11 +173,5 @@ def _interval(scores: list[float]) -> list[float]:
         return [0.0, 1.0]
     m = sum(scores) / n
     sd = math.sqrt(sum((s - m) ** 2 for s in scores) / (n - 1))
-    half = 1.959964 * sd / math.sqrt(n)
+    half = 1.959964 * sd / math.sqrt(n)  # z of 95%, as toy.evaluate.Z95 (not imported: it loads the engine)
     return [max(0.0, m - half), min(1.0, m + half)]
-
-
-def _progress(total: int, label: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=label, unit="sample")

@@ -129,13 +129,14 @@ class Run:
         span = sum(dt) or 1.0
         mean_pages = sum(s[1] * d for s, d in zip(self.samples, dt, strict=True)) / span
         mean_running = sum(s[2] * d for s, d in zip(self.samples, dt, strict=True)) / span
+        peak = max(s[1] for s in self.samples)
         return {
             "engine": self.engine,
             "seconds": round(self.seconds, 2),
             "output_tokens": self.output_tokens,
             "tokens_per_s": round(self.tokens_per_s, 1),
-            "peak_kv_pages": max(s[1] for s in self.samples),
-            "peak_kv_usage": round(max(s[1] for s in self.samples) / self.pages, 4),
+            "peak_kv_pages": peak,
+            "peak_kv_usage": round(peak / self.pages, 4),
             "mean_kv_usage": round(mean_pages / self.pages, 4),
             "max_running": max(s[2] for s in self.samples),
             "mean_running": round(mean_running, 2),
