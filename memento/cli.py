@@ -288,10 +288,13 @@ def train(
     Multi-GPU: `accelerate launch -m memento train --recipe ...` (DDP / FSDP / DeepSpeed from accelerate's config).
     """
     from memento.train.config import load_recipe
-    from memento.train.trainer import train as run_training
+    from memento.train.trainer import Trainer
 
     config = load_recipe(recipe, ctx.args)
-    result = run_training(config, resume=resume, progress=not quiet)
+    trainer = Trainer(config, progress=not quiet)
+    if trainer.accelerator.is_main_process:
+        err.print(f"precision: {trainer.precision.precision} ({trainer.precision.reason})")
+    result = trainer.run(resume)
     if not result.main_process:
         return
     table = Table(title=f"held-out loss by token kind ({result.counts['eval']} examples)")

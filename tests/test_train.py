@@ -62,7 +62,7 @@ def test_shipped_recipes_load():
     paper = load_recipe(RECIPES / "qwen3-8b.yaml")
     assert paper.optim.lr == 8e-5 and paper.optim.warmup_ratio == 0.05 and paper.global_batch_size == 512
     assert [s.epochs for s in paper.stages] == [5, 5] and [s.mask for s in paper.stages] == ["causal", "memento"]
-    assert paper.data.max_length == 32768 and paper.precision == "bf16" and paper.gradient_checkpointing
+    assert paper.data.max_length == 32768 and paper.precision == "auto" and paper.gradient_checkpointing
     assert paper.optim.max_grad_norm == 1.0 and paper.optim.weight_decay == 0.0
     cpu = load_recipe(RECIPES / "cpu-tiny.yaml", ["optim.lr=1e-3", "stages.1.epochs=2", "policy.mask_delimiters=true"])
     assert cpu.optim.lr == 1e-3 and cpu.stages[1].epochs == 2
@@ -193,6 +193,9 @@ def test_gradient_checkpointing_and_bf16_train(tmp_path):
     values["stages"] = [{"name": "masked", "mask": "memento", "epochs": 1, "max_steps": 2}]
     run = train(from_dict(values), progress=False)
     assert all(np.isfinite(v) for _, v in losses(tmp_path / "log.jsonl"))
+    assert run.precision == ("bf16", "asked for")
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert {r["precision"] for r in records if "loss" in r} == {"bf16"}
     assert run.final == tmp_path / "masked" and (run.final / "model.safetensors").exists()
 
 

@@ -99,7 +99,7 @@ def recipe(variant: Variant, task: str, size: Size, out: Path, seed: int = 0) ->
         "optim": {"lr": 3e-3, "warmup_ratio": 0.05},
         "micro_batch_size": size.micro_batch,
         "global_batch_size": size.batch,
-        "precision": "bf16",
+        "precision": "auto",  # bf16 only where the CPU runs it natively (memento.precision)
         "seed": seed,
         "log_every": 5,
         "save_every": max(size.steps // 3, 1),

@@ -17,6 +17,7 @@ import yaml
 
 from memento.engine.policy import EvictionPolicy
 from memento.errors import MementoError
+from memento.precision import PRECISIONS
 from memento.train.dataset import OVERLONG
 from memento.train.masks import MASK_KINDS
 
@@ -92,7 +93,7 @@ class TrainConfig:
     optim: Optim = field(default_factory=Optim)
     micro_batch_size: int = 1
     global_batch_size: int = 8
-    precision: str = "bf16"  # bf16 | fp32 (bf16 autocast, fp32 master weights)
+    precision: str = "auto"  # auto | bf16 | fp32 (bf16: autocast, fp32 master weights; auto: memento.precision)
     gradient_checkpointing: bool = False
     attn_implementation: str = "memento_sdpa"  # memento_sdpa (sdpa that skips masked work on CPU) | sdpa | eager
     # | flex_attention (CUDA)
@@ -109,8 +110,8 @@ class TrainConfig:
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise MementoError(f"stages: names must be unique, got {names}")
-        if self.precision not in ("bf16", "fp32"):
-            raise MementoError(f"precision must be bf16 or fp32, got '{self.precision}'")
+        if self.precision not in PRECISIONS:
+            raise MementoError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if self.model == "scratch" and not self.model_config:
             raise MementoError("model: scratch needs model_config (an HF config with model_type)")
         if self.micro_batch_size < 1 or self.global_batch_size < self.micro_batch_size:

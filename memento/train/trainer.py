@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from memento.errors import MementoError
+from memento.precision import Choice, resolve
 from memento.train.config import Stage, TrainConfig
 from memento.train.dataset import IGNORE, Collator, Example, load_examples
 from memento.train.losses import evaluate, token_losses
@@ -45,6 +46,7 @@ class Run(NamedTuple):
     evals: dict  # stage name -> mask -> token kind -> mean loss
     counts: dict  # dataset counts (examples, truncated, dropped, eval)
     main_process: bool = True  # False on the other ranks of a multi-process launch
+    precision: Choice | None = None  # what the run trained in, and why
 
 
 def _step_batches(config: TrainConfig, stage_index: int, n: int, steps: int, rank: int, world: int):
@@ -91,6 +93,7 @@ class Trainer:
 
         self.config = config
         self.out = Path(config.out)
+        self.precision = resolve(config.precision, "cuda" if torch.cuda.is_available() else "cpu")
         self.accelerator = self._accelerator()
         self.progress = progress and self.accelerator.is_main_process
         set_seed(config.seed)
@@ -103,7 +106,7 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
 
-        precision = "bf16" if self.config.precision == "bf16" else "no"
+        precision = "bf16" if self.precision.precision == "bf16" else "no"
         if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
             AcceleratorState._reset_state()  # an earlier run in this process used another precision
         acc = Accelerator(mixed_precision=precision)
@@ -141,7 +144,7 @@ class Trainer:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(self.out / "tensorboard"))
-        log.info("training on %d examples, %d held out", counts["train"], counts["eval"])
+        log.info("training on %d examples, %d held out, in %s (%s)", counts["train"], counts["eval"], *self.precision)
         evals, global_step, final = {}, 0, None
         for index, stage in enumerate(config.stages):
             steps = config.steps(stage, len(self.train_set))
@@ -159,7 +162,7 @@ class Trainer:
             evals[stage.name] = self._evaluate(model, stage, global_step)
         if self.writer:
             self.writer.close()
-        return Run(self.out, final, evals, counts, self.accelerator.is_main_process)
+        return Run(self.out, final, evals, counts, self.accelerator.is_main_process, self.precision)
 
     def _stage(self, model, tokenizer, index, stage: Stage, steps, skip, state_dir, offset, on_step):
         from transformers import get_scheduler
@@ -211,6 +214,7 @@ class Trainer:
                 "grad_norm": float(norm),
                 "tokens": tokens,
                 "tokens_per_s": rate,
+                "precision": self.precision.precision,
             }
             bar.update(1)
             bar.set_postfix(loss=f"{total:.4f}", tok_s=f"{rate:,.0f}")
@@ -299,4 +303,6 @@ class Trainer:
 
 def train(config: TrainConfig, resume: bool | str = False, progress: bool = True, on_step=None) -> Run:
     """Run every stage of `config` (see `Trainer`); `on_step(global_step, record)` is called after each step."""
-    return Trainer(config, progress).run(resume, on_step)
+    trainer = Trainer(config, progress)
+    log.info("precision: %s (%s)", *trainer.precision)
+    return trainer.run(resume, on_step)
