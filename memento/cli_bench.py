@@ -33,7 +33,9 @@ def throughput(
         int | None, typer.Option(help="KV pool in pages, the same for both engines (default: 4 longest requests).")
     ] = None,
     block_size: Annotated[int, typer.Option(help="Tokens per KV page.")] = 32,
-    dtype: Annotated[str, typer.Option(help="Model dtype in vLLM.")] = "bfloat16",
+    dtype: Annotated[
+        str, typer.Option(help="Model dtype in vLLM; auto: bfloat16 where this CPU/GPU runs it natively, else float32.")
+    ] = "auto",
     policy: cli_policy.Policy = "keep0",
     mask_delimiters: cli_policy.MaskDelimiters = False,
     keep_last_block_for_answer: cli_policy.KeepLastBlock = False,

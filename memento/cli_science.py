@@ -6,11 +6,13 @@ Registered on the main app by `memento.cli`; thin like it: parse, call the libra
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 out = Console(highlight=False, soft_wrap=True, markup=False)
@@ -40,11 +42,13 @@ def demo(
 
     if ship and not full:
         raise MementoError("--ship needs --full (it ships the models that run trains)")
+    started = time.perf_counter()
     with err.status("memento demo") as status:
 
         def phase(text: str) -> None:
-            err.print(f"[dim]·[/dim] {text}")
-            status.update(text)
+            elapsed = int(time.perf_counter() - started)
+            err.print(f"[dim]{elapsed // 60}:{elapsed % 60:02d}[/dim] {escape(text)}")
+            status.update(escape(text))
 
         result = toy.run(out_dir, full=full, seed=seed, ship=ship, phase=phase)
     headline(result.results)

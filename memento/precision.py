@@ -58,13 +58,14 @@ def cpu_bf16_native() -> tuple[bool, str]:
     return True, f"CPU capability {capability} with {'AMX' if amx else 'AVX512-BF16'}: native bf16"
 
 
-def resolve(requested: str = "auto", device: str | torch.device = "cpu") -> Choice:
-    """The precision to use for `requested` (auto | bf16 | fp32) on `device`, with the reason."""
+def resolve(requested: str = "auto", device: str | torch.device | None = None) -> Choice:
+    """The precision to use for `requested` (auto | bf16 | fp32) on `device` (default: CUDA if there is one, as the
+    trainer's accelerator picks), with the reason."""
     if requested not in PRECISIONS:
         raise MementoError(f"precision must be one of {', '.join(PRECISIONS)}, got '{requested}'")
     if requested != "auto":
         return Choice(requested, "asked for")
-    kind = torch.device(device).type
+    kind = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type
     if kind == "cuda":
         if not torch.cuda.is_available():
             return Choice("fp32", "auto: no CUDA device is visible")
@@ -75,3 +76,11 @@ def resolve(requested: str = "auto", device: str | torch.device = "cpu") -> Choi
         return Choice("fp32", f"auto: fp32 on {kind}")
     native, why = cpu_bf16_native()
     return Choice("bf16" if native else "fp32", f"auto: {why}")
+
+
+def vllm_dtype(requested: str = "auto") -> str:
+    """vLLM's `dtype` for `requested`: "auto" keeps vLLM's own choice (the checkpoint's dtype) on a GPU or a CPU with
+    native bf16, and is "float32" on other CPUs, where a bf16 checkpoint would run on the slow path."""
+    if requested != "auto" or torch.cuda.is_available() or cpu_bf16_native()[0]:
+        return requested
+    return "float32"

@@ -4,6 +4,7 @@ and the report, results and plots come out; the shipped checkpoints are real, lo
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -42,6 +43,18 @@ def test_demo_writes_report_results_and_plots(ran):
     report = (ran.out / "report.md").read_text()
     for heading in ("## Headline", "## Curriculum", "## Restart mode", "## The ghost trace", "## Live run"):
         assert heading in report
+    assert results["live_step"]["seconds"] > 0 and results["live_step"]["precision"] in ("bf16", "fp32")
+    assert "T was sized to this machine" in report and "| live: leakage probe |" in report
+    assert "live: leakage probe" in results["phases"] and "writing the report" in results["phases"]
+    assert sum(results["phases"].values()) == pytest.approx(results["seconds"], abs=1.0)
+
+
+def test_live_training_is_sized_by_the_measured_step(monkeypatch):
+    monkeypatch.setitem(demo.SIZES, "live", replace(TINY, steps=6))
+    assert demo.STEPS_PER_T == 7, "control 2T + curriculum 2T + stage2-total 2T + stage2-only T"
+    assert demo.live_size(0.001).steps == 6, "a fast machine trains the whole live size"
+    assert demo.live_size(1.0, budget=7 * 3.5).steps == 3, "T fits the budget"
+    assert demo.live_size(1000.0).steps == 2, "never under 2"
 
 
 def test_each_experiment_alone_and_deterministic(tmp_path):

@@ -20,6 +20,7 @@ import numpy as np
 
 from memento.engine.policy import EvictionPolicy
 from memento.errors import MementoError
+from memento.precision import vllm_dtype
 
 if TYPE_CHECKING:
     from memento.eval.run import EvalSettings
@@ -115,7 +116,7 @@ class VLLMBackend:
         longest = max(len(self.encode(p)) for p in prompts) + settings.max_new_tokens
         context = getattr(AutoConfig.from_pretrained(settings.model).get_text_config(), "max_position_embeddings", None)
         longest = min(longest, context or longest)  # a sample that reaches it ends as `length`
-        args = {"dtype": settings.dtype, "seed": settings.seed, "max_model_len": longest,
+        args = {"dtype": vllm_dtype(settings.dtype), "seed": settings.seed, "max_model_len": longest,
                 "enforce_eager": not torch.cuda.is_available()}  # fmt: skip
         self.llm = vllm.LLM(model=settings.model, **(args if base else engine_args(self.policy, **args)))
         config = self.llm.llm_engine.model_config  # the KV is held in the dtype vLLM runs, not the checkpoint's

@@ -47,7 +47,7 @@ class EvalSettings:
     seed: int = 0
     policy: dict = field(default_factory=lambda: asdict(EvictionPolicy(0)))
     engine: str = "reference"  # reference | vllm
-    dtype: str = "auto"  # auto: float32 on the reference engine, the model's own dtype on vLLM
+    dtype: str = "auto"  # auto: float32 on the reference engine; on vLLM the model's own (fp32 on CPUs without bf16)
 
     def __post_init__(self):
         if self.engine not in ENGINES:

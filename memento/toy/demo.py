@@ -5,6 +5,10 @@ the real trainer -> generation with the reference engine -> the probe), then the
 `memento/toy/checkpoints/` (trained by `memento demo --full`, see docs/results/toy.md) are scored live on new
 problems and probed, and the report is written from them. `--full` trains every variant at full size first and
 reports on those (tens of minutes); `--ship` then copies them into the package as the new shipped checkpoints.
+
+The live training is sized by this machine's measured speed, not by a fixed step count: one timed optimizer step
+of the live batch sets T so that the 7T steps of the five variants fit `LIVE_TRAIN_SECONDS` (at most the live
+size's T, at least 2). CPUs differ several-fold (see benchmarks/cpu_dtype.py); the demo's time should not.
 """
 
 from __future__ import annotations
@@ -12,16 +16,18 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
+from memento.precision import resolve
 from memento.toy import report
-from memento.toy.experiments import EVICT, FULL, VARIANTS, Size, accuracy, load, probe, train_variants
+from memento.toy.experiments import BY_NAME, EVICT, FULL, VARIANTS, Size, accuracy, load, probe, recipe, train_variants
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,10 @@ SIZES = {  # live: every stage at reduced size; shipped: scoring the shipped che
     "full": Size(train=12000, steps=600, batch=16, micro_batch=16, problems=256, probe_traces=3000),
     "tiny": Size(train=32, steps=2, batch=8, micro_batch=8, problems=4, probe_traces=60, max_new_tokens=60),
 }
+
+
+LIVE_TRAIN_SECONDS = 120  # the budget of the live training (7T optimizer steps in all)
+STEPS_PER_T = sum(units for v in VARIANTS if v.name != "stage1" for _, units in v.stages)  # stage1: the curriculum's
 
 
 class Demo(NamedTuple):
@@ -47,15 +57,56 @@ def shipped_models() -> dict[str, Path] | None:
     return folders if all((f / "config.json").exists() for f in folders.values()) else None
 
 
+class Phases:
+    """Tells `phase(text)` what starts next, and keeps how many seconds each phase took."""
+
+    def __init__(self, tell: Callable[[str], None]):
+        self.tell, self.seconds, self.current, self.start = tell, {}, None, time.perf_counter()
+
+    def __call__(self, text: str) -> None:
+        self.finish()
+        self.current, self.start = text, time.perf_counter()
+        self.tell(text)
+
+    def finish(self) -> dict[str, float]:
+        if self.current is not None:
+            self.seconds[self.current] = round(time.perf_counter() - self.start, 1)
+            self.current = None
+        return self.seconds
+
+
+def step_seconds(size: Size, seed: int = 0) -> float:
+    """Seconds of one optimizer step of the live training on this machine (the second of two; the first warms up)."""
+    from memento.train.config import from_dict
+    from memento.train.trainer import train
+
+    stamps: list[float] = []
+    with tempfile.TemporaryDirectory() as folder:
+        values = recipe(BY_NAME["stage2-only"], TASK, replace(size, train=size.batch), Path(folder), seed)
+        values["stages"][0]["max_steps"] = 2
+        values["data"]["eval_fraction"] = 0.0
+        train(from_dict(values), progress=False, on_step=lambda *_: stamps.append(time.perf_counter()))
+    return stamps[1] - stamps[0]
+
+
+def live_size(seconds_per_step: float, budget: float = LIVE_TRAIN_SECONDS) -> Size:
+    """The live size with T cut so that its STEPS_PER_T x T steps take at most `budget` seconds (T >= 2)."""
+    live = SIZES["live"]
+    steps = max(2, min(live.steps, int(budget / (STEPS_PER_T * max(seconds_per_step, 1e-6)))))
+    return replace(live, steps=steps)
+
+
 def run(
     out: Path, full: bool = False, seed: int = 0, ship: bool = False, phase: Callable[[str], None] = lambda _: None
 ) -> Demo:
     """Run the demo into `out` (see the module docstring); `phase(text)` is told what starts next. `ship` (with
-    `full`): the trained models become the shipped checkpoints."""
+    `full`): the trained models become the shipped checkpoints. results.json records each phase's seconds."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"task": TASK, "seed": seed, "mode": "full" if full else "default"}
+    phase = Phases(phase)
+
     scores = leak = None
     if full:
         size = SIZES["full"]
@@ -66,8 +117,12 @@ def run(
             folders = copy_to_package(folders)
             results["source"] += ", shipped in memento/toy/checkpoints"
     else:
-        size = SIZES["live"]
-        phase("live: training the five variants at reduced size")
+        precision = resolve("auto")
+        phase(f"live: timing one training step on this machine (precision {precision.precision}, {precision.reason})")
+        seconds = step_seconds(SIZES["live"], seed)
+        size = live_size(seconds)
+        results["live_step"] = {"seconds": seconds, "precision": precision.precision, "reason": precision.reason}
+        phase(f"live: training the five variants at reduced size (T = {size.steps} steps, {seconds:.2f} s a step)")
         live_folders = train_variants(TASK, size, out / "live", seed)
         phase("live: scoring them with the reference engine")
         live = accuracy(live_folders, TASK, size)
@@ -108,7 +163,7 @@ def run(
         leak, out / "probe_layers.png", out / "probe_distance.png"
     )
     seconds = time.perf_counter() - started
-    results["seconds"] = seconds
+    results["seconds"], results["phases"] = seconds, phase.finish()
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     path = report.write(out, results, leak, plots)
     return Demo(out, path, results, seconds)

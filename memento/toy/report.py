@@ -278,11 +278,25 @@ def write(out: Path, results: dict, leak: dict, plots: dict[str, Path]) -> Path:
             "## Live run (every stage, reduced size, this machine)",
             "",
             f"The same five variants trained here with T = {size['steps']} steps of {size['batch']} traces, scored on "
-            f"{size['problems']} problems: the pipeline works end to end; the numbers are not meant to be good.",
+            f"{size['problems']} problems: the pipeline works end to end; the numbers are not meant to be good."
+            + live_step(results.get("live_step")),
             "",
             *markdown_table(results["live"]),
         ]
     lines += ["", f"Total time: {results['seconds'] / 60:.1f} min. Paper's KV result: {PAPER['kv']}.", ""]
+    if results.get("phases"):
+        lines += ["| phase | seconds |", "|---|---|"]
+        lines += [f"| {name} | {seconds:.0f} |" for name, seconds in results["phases"].items()] + [""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def live_step(step: dict | None) -> str:
+    """How the live run was sized: T comes from one timed optimizer step on this machine (`demo.live_size`)."""
+    if not step:
+        return ""
+    return (
+        f" T was sized to this machine: one step took {step['seconds']:.2f} s in {step['precision']} "
+        f"({step['reason']})."
+    )

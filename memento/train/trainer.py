@@ -93,7 +93,7 @@ class Trainer:
 
         self.config = config
         self.out = Path(config.out)
-        self.precision = resolve(config.precision, "cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = resolve(config.precision)
         self.accelerator = self._accelerator()
         self.progress = progress and self.accelerator.is_main_process
         set_seed(config.seed)

@@ -203,8 +203,13 @@ def _params(vllm, completion: list[int], memento: EvictionPolicy | None):
 
 
 def compare(model: str, work: Workload, *, policy: EvictionPolicy, pages: int | None = None, block_size: int = 32,
-            dtype: str = "bfloat16", progress: bool = True, phase=print) -> dict:  # fmt: skip
-    """Both engines on the same workload and pool; the result holds both summaries, their ratios and the series."""
+            dtype: str = "auto", progress: bool = True, phase=print) -> dict:  # fmt: skip
+    """Both engines on the same workload and pool; the result holds both summaries, their ratios and the series.
+    `dtype` auto: bf16 where this machine runs it natively, else float32 (`memento.precision`)."""
+    from memento.precision import resolve
+
+    if dtype == "auto":
+        dtype = {"bf16": "bfloat16", "fp32": "float32"}[resolve("auto").precision]
     pages = pages or math.ceil(4 * work.longest / block_size)
     if pages * block_size < work.longest:
         raise MementoError(f"a pool of {pages} pages x {block_size} cannot hold the longest request "
