@@ -1,5 +1,5 @@
 # make demo: set everything up, then run the built-in demo.   make test: set everything up, then run the tests.
-.PHONY: setup demo test lint format lock clean
+.PHONY: setup demo test test-fast lint format lock clean
 
 BIN := .venv/bin
 # xdist workers: 2 on the 2-core machines CI runs on; override with `make test WORKERS=4`.
@@ -13,6 +13,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup $(PYTEST_ARGS)
+
+# The suite without the slow groups (vLLM, demo, eval comparisons): a few minutes, for the edit-test loop.
+test-fast: setup
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -64,9 +64,9 @@ def measure(name: str, precision: str, sizes: tuple[int, int, int]) -> dict:
     """One (model, precision) on this process's ISA path: median train-step seconds and generation tokens/s."""
     import torch
 
+    from memento.core.precision import resolve
     from memento.engine.generate import ReferenceEngine
     from memento.engine.sampling import Sampling
-    from memento.precision import resolve
     from memento.train.dataset import Collator
     from memento.train.losses import token_losses
 

@@ -17,12 +17,12 @@ import time
 import torch
 from results_file import header, write  # benchmarks/results_file.py (scripts run from benchmarks/)
 
+from memento.core.chat import encode_chat
+from memento.core.format import render
+from memento.core.policy import EvictionPolicy
 from memento.engine.generate import ReferenceEngine
-from memento.engine.policy import EvictionPolicy
-from memento.format import render
-from memento.tokenizer import encode_chat
-from memento.toy.sums import sums_traces
-from memento.toy.tokenizer import char_tokenizer
+from memento.synthetic.sums import sums_traces
+from memento.tokenizer import char_tokenizer
 
 REQUESTS = 16
 POLICIES = {"full": EvictionPolicy(-1), "keep0": EvictionPolicy(0), "keep0 restart": EvictionPolicy(0, restart=True)}

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from results_file import header, write  # benchmarks/results_file.py (scripts run from benchmarks/)
 
-from memento.engine.policy import EvictionPolicy
-from memento.format import Block, Trace
-from memento.kv import PRESETS, compare
-from memento.rows import read_traces
-from memento.stats import label_trace
+from memento.core.chat import label_trace
+from memento.core.format import Block, Trace
+from memento.core.kv import PRESETS, compare
+from memento.core.policy import EvictionPolicy
+from memento.core.rows import read_traces
 from memento.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from results_file import OUT  # benchmarks/results_file.py (scripts run from benchmarks/)
 
-from memento.engine.policy import EvictionPolicy
+from memento.core.policy import EvictionPolicy
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "memento-examples"
 PAPER_TRACE = SHARED / "memento_trace_aime25_p5.json"
@@ -41,9 +41,9 @@ NOTES = """## Reading these numbers
 def main() -> None:
     from transformers import AutoTokenizer
 
-    from memento.assets import smollm2_memento_dir
+    from memento.core.rows import read_traces
     from memento.engine.vllm import bench
-    from memento.rows import read_traces
+    from memento.tokenizer import smollm2_memento_dir
 
     if not PAPER_TRACE.exists():
         sys.exit(f"the paper's example trace is expected at {PAPER_TRACE} (../shared beside the clone)")

@@ -50,8 +50,8 @@ PRECISIONS = ("fp32", "bf16")
 def synthetic_trace(tokenizer, length: int):
     """A complete trace of at most `length` tokens (close to it): blocks of ~length/8 tokens, mementos ~1/7 of that,
     the last block shortened to fill the length."""
-    from memento.format import Block, Trace
-    from memento.stats import label_trace
+    from memento.core.chat import label_trace
+    from memento.core.format import Block, Trace
 
     sentence = "We add the next term to the running total and check the carry. "
     memento = "Total so far: 49. "
@@ -79,7 +79,7 @@ class Setup:
     def __init__(self, name: str, precision: str):
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        from memento.engine.policy import EvictionPolicy
+        from memento.core.policy import EvictionPolicy
         from memento.tokenizer import load_tokenizer
         from memento.train.attention import register
         from memento.train.dataset import IGNORE, Collator, build_examples

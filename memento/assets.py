@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from memento.errors import MementoError
+from memento.core.errors import MementoError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MEMENTO_CACHE") or Path.home() / ".cache" / "memento")
 
 
-def _cached(name: str, build: Callable[[Path], None]) -> Path:
+def cached(name: str, build: Callable[[Path], None]) -> Path:
     """Return `cache_dir()/name`, building it with `build(tmp_dir)` first if it is missing."""
     target = cache_dir() / name
     if (target / ".complete").exists():
@@ -84,7 +84,7 @@ def qwen_tokenizer_dir() -> Path:
         tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
         tok.save_pretrained(out)
 
-    return _cached("qwen3-tokenizer", build)
+    return cached("qwen3-tokenizer", build)
 
 
 def smollm2_dir() -> Path:
@@ -106,18 +106,4 @@ def smollm2_dir() -> Path:
         model.to(torch.bfloat16).save_pretrained(out)
         tok.save_pretrained(out)
 
-    return _cached("smollm2-135m-instruct", build)
-
-
-def smollm2_memento_dir() -> Path:
-    """SmolLM2-135M-Instruct with the six Memento tokens added (embeddings initialised, not trained): a real model
-    of realistic cost for plumbing and throughput work driven by teacher forcing, not for accuracy."""
-
-    def build(out: Path) -> None:
-        from memento.engine.generate import ReferenceEngine
-
-        engine = ReferenceEngine.from_pretrained(smollm2_dir(), add_tokens=True)
-        engine.model.save_pretrained(out)
-        engine.tokenizer.save_pretrained(out)
-
-    return _cached("smollm2-135m-instruct-memento", build)
+    return cached("smollm2-135m-instruct", build)

@@ -13,10 +13,11 @@ Design choices:
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+import string
+from pathlib import Path
 
-from memento.errors import MissingTokensError
-from memento.format import (
+from memento.core.chat import token_ids
+from memento.core.format import (
     BLOCK_END,
     BLOCK_START,
     SPECIAL_TOKENS,
@@ -25,7 +26,6 @@ from memento.format import (
     THINK_END,
     THINK_START,
 )
-from memento.spans import MementoIds
 
 log = logging.getLogger(__name__)
 
@@ -51,47 +51,14 @@ CHATML_TEMPLATE = _CHATML.replace("KEEP or ", "")  # drops system prompts (the p
 CHATML_SYSTEM_TEMPLATE = _CHATML.replace("KEEP or ", "true or ")  # keeps them
 
 
-class Encoded(NamedTuple):
-    ids: list[int]  # the whole conversation
-    completion_start: int  # index of the first assistant token
-
-
 def add_memento_tokens(tokenizer, chat_template: str | None = CHATML_TEMPLATE) -> list[str]:
     """Add the Memento special tokens that `tokenizer` lacks and set its chat template; return those added."""
-    missing = [t for t, i in zip(SPECIAL_TOKENS, _token_ids(tokenizer, SPECIAL_TOKENS), strict=True) if i is None]
+    missing = [t for t, i in zip(SPECIAL_TOKENS, token_ids(tokenizer, SPECIAL_TOKENS), strict=True) if i is None]
     if missing:
         tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     return missing
-
-
-def memento_ids(tokenizer) -> MementoIds:
-    """The ids of the six special tokens; a clear error with the fix when some are missing."""
-    found = dict(zip(SPECIAL_TOKENS, _token_ids(tokenizer, SPECIAL_TOKENS), strict=True))
-    missing = [t for t, i in found.items() if i is None]
-    if missing:
-        raise MissingTokensError(
-            f"the tokenizer has no {', '.join(missing)}: add them with memento.tokenizer.add_memento_tokens "
-            "(and init_memento_embeddings for the model), or pass --add-tokens"
-        )
-    return MementoIds(
-        think_start=found[THINK_START],
-        think_end=found[THINK_END],
-        block_start=found[BLOCK_START],
-        block_end=found[BLOCK_END],
-        summary_start=found[SUMMARY_START],
-        summary_end=found[SUMMARY_END],
-    )
-
-
-def _token_ids(tokenizer, tokens) -> list[int | None]:
-    """Ids of whole tokens, None where the vocabulary lacks one (cheap: no copy of a 150K-entry vocabulary)."""
-    ids = tokenizer.convert_tokens_to_ids(list(tokens))
-    unk = tokenizer.unk_token_id
-    return [
-        None if i is None or (i == unk and t != tokenizer.unk_token) else i for t, i in zip(tokens, ids, strict=True)
-    ]
 
 
 def related_ids(tokenizer, words) -> list[int]:
@@ -127,7 +94,7 @@ def _init_rows(model, tokenizer, tokens, sigma: float, seed: int) -> dict[str, i
         matrices.append(output.weight)
     generator = torch.Generator().manual_seed(seed)
     written = {}
-    for token, row in zip(tokens, _token_ids(tokenizer, tokens), strict=True):
+    for token, row in zip(tokens, token_ids(tokenizer, tokens), strict=True):
         related = related_ids(tokenizer, RELATED_WORDS[token])
         for weight in matrices:
             mean = weight[related].float().mean(dim=0)
@@ -138,25 +105,50 @@ def _init_rows(model, tokenizer, tokens, sigma: float, seed: int) -> dict[str, i
     return written
 
 
-def encode_chat(tokenizer, problem: str, response: str | None = None) -> Encoded:
-    """Token ids of a one-turn chat: the user's problem, then (optionally) the assistant's response.
+CHAT_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+CHARS = "\n" + "".join(c for c in string.printable if c.isprintable())
 
-    The response is tokenized on its own after the generation prompt, as a model generating it would produce it,
-    followed by the template's end-of-turn text.
+
+def char_tokenizer():
+    """A character-level tokenizer for toy models: printable ASCII + newline, ChatML and Memento tokens.
+
+    A standard `PreTrainedTokenizerFast` (saved and loaded like any other), so toy runs go through exactly the code
+    paths real models use; its ~110-token vocabulary keeps a tiny model's output layer small enough to train on a CPU.
     """
-    user = [{"role": "user", "content": problem}]
-    prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-    ids = tokenizer.encode(prompt, add_special_tokens=False)
-    start = len(ids)
-    if response is not None:
-        full = tokenizer.apply_chat_template(
-            [*user, {"role": "assistant", "content": response}], tokenize=False, add_generation_prompt=False
-        )
-        if not full.startswith(prompt + response):
-            raise ValueError("the chat template does not render the assistant turn after its generation prompt")
-        ids += tokenizer.encode(response, add_special_tokens=False)
-        ids += tokenizer.encode(full[len(prompt) + len(response) :], add_special_tokens=False)
-    return Encoded(ids, start)
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [*CHAT_TOKENS, *SPECIAL_TOKENS]
+    vocab = {t: i for i, t in enumerate([*specials, "<unk>", *CHARS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    add_memento_tokens(tokenizer)  # finds them in place; sets the Memento ChatML template
+    return tokenizer
+
+
+def smollm2_memento_dir() -> Path:
+    """SmolLM2-135M-Instruct with the six Memento tokens added (embeddings initialised, not trained): a real model
+    of realistic cost for plumbing and throughput work driven by teacher forcing, not for accuracy. Built once."""
+    from memento import assets
+
+    def build(out: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(assets.smollm2_dir())
+        model = AutoModelForCausalLM.from_pretrained(assets.smollm2_dir(), dtype=torch.float32)
+        added = add_memento_tokens(tokenizer, chat_template=tokenizer.chat_template)
+        if added:
+            init_memento_embeddings(model, tokenizer, added)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    return assets.cached("smollm2-135m-instruct-memento", build)
 
 
 def load_tokenizer(spec: str, add_tokens: bool = True):
@@ -165,14 +157,10 @@ def load_tokenizer(spec: str, add_tokens: bool = True):
     With `add_tokens`, the Memento tokens are added and the Memento ChatML template set (for counting and encoding;
     a model folder's own template may render assistant turns differently).
     """
-    from pathlib import Path
-
     from memento import assets
-    from memento.errors import MementoError
+    from memento.core.errors import MementoError
 
     if spec == "chars":
-        from memento.toy.tokenizer import char_tokenizer
-
         return char_tokenizer()
     if spec == "qwen":
         # Built straight from tokenizer.json: ~1 s, where AutoTokenizer re-derives the BPE model for ~8 s.

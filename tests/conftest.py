@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from memento.format import Block, Trace
+from memento.core.format import Block, Trace
 
 # Nothing comes from a model or dataset hub here: fail fast instead of waiting on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -50,7 +50,7 @@ def small_trace(n_blocks: int = 3) -> Trace:
 @pytest.fixture(scope="session")
 def chars():
     """The toy character tokenizer (ChatML and Memento tokens included)."""
-    from memento.toy.tokenizer import char_tokenizer
+    from memento.tokenizer import char_tokenizer
 
     return char_tokenizer()
 

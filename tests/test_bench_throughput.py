@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 from conftest import AIME_TRACE
 
-from memento.errors import MementoError
-from memento.rows import read_traces
-from memento.spans import Kind, label
-from memento.tokenizer import memento_ids
+from memento.core.chat import memento_ids
+from memento.core.errors import MementoError
+from memento.core.rows import read_traces
+from memento.core.spans import Kind, label
 
 
 @pytest.fixture(scope="module")

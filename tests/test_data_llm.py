@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from memento.core.rows import read_traces
 from memento.data.boundaries import parse_scores, repair_scores
 from memento.data.compress import parse_memento, parse_mementos
 from memento.data.fakellm import FakeLLM
@@ -23,7 +24,6 @@ from memento.data.llm import (
     parse_json_object,
 )
 from memento.data.pipeline import Config, build
-from memento.rows import read_traces
 
 
 def config(url: str, **kw) -> Config:

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from conftest import RAW_TRACE
 
+from memento.core.chat import label_trace
+from memento.core.errors import MementoError
+from memento.core.format import parse
+from memento.core.rows import read_traces
+from memento.core.spans import Kind
 from memento.data.pipeline import Config, build
-from memento.errors import MementoError
-from memento.format import parse
-from memento.rows import read_traces
-from memento.spans import Kind
-from memento.stats import label_trace
 
 MEMENTO = str(Path(sys.executable).parent / "memento")
 OUTPUTS = ("openmementos.jsonl", "openmementos-full.jsonl", "openmementos.parquet", "openmementos-full.parquet",

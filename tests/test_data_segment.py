@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from memento.core.errors import MementoError
 from memento.data.segment import objective, segment
-from memento.errors import MementoError
 
 
 def brute_force(lengths, scores, lam, min_tokens, max_tokens=None):

@@ -11,6 +11,8 @@ import pytest
 from memento.toy import demo
 from memento.toy.experiments import BY_NAME, Size, accuracy, probe, train_variants
 
+pytestmark = pytest.mark.slow  # trains every toy variant
+
 TINY = Size(train=32, steps=2, batch=8, micro_batch=8, problems=4, probe_traces=60, max_new_tokens=60)
 
 
@@ -91,11 +93,11 @@ def test_full_mode_trains_and_ships(tmp_path, monkeypatch):
 def test_shipped_checkpoints_are_trained_models_that_know_the_format():
     """The five models in memento/toy/checkpoints (from `memento demo --full --ship`): loadable, tiny, with their
     recipe and training log, and the Memento models solve new problems with their blocks evicted (chance: 10%)."""
-    from memento.engine.policy import EvictionPolicy
-    from memento.tokenizer import memento_ids
+    from memento.core.chat import memento_ids
+    from memento.core.policy import EvictionPolicy
+    from memento.synthetic.tasks import held_out
     from memento.toy.evaluate import evaluate
     from memento.toy.experiments import load
-    from memento.toy.tasks import held_out
 
     folders = demo.shipped_models()
     assert folders is not None and set(folders) == set(BY_NAME), "memento/toy/checkpoints holds the five models"

@@ -8,16 +8,16 @@ import pytest
 import torch
 from conftest import small_trace
 
+from memento.core.chat import encode_chat, memento_ids
+from memento.core.errors import MementoError, MissingTokensError
+from memento.core.format import render
+from memento.core.kv import replay
+from memento.core.policy import EvictionPolicy, eviction_schedule
+from memento.core.spans import Kind, label
 from memento.engine.generate import ReferenceEngine
-from memento.engine.policy import EvictionPolicy, eviction_schedule
 from memento.engine.reference import Decoder
 from memento.engine.sampling import Sampling
-from memento.errors import MementoError, MissingTokensError
-from memento.format import render
-from memento.kv import replay
-from memento.spans import Kind, label
-from memento.tokenizer import encode_chat, memento_ids
-from memento.toy.sums import sums_traces
+from memento.synthetic.sums import sums_traces
 
 POLICIES = {
     "keep0": EvictionPolicy(0),

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from memento.engine.policy import EvictionPolicy
-from memento.errors import MementoError
+from memento.core.errors import MementoError
+from memento.core.intervals import paired_difference
+from memento.core.policy import EvictionPolicy
 from memento.eval.report import RunSpec, describe, parse_run, run_all, slug
-from memento.intervals import paired_difference
+from memento.synthetic.tasks import held_out
 from memento.toy.demo import SHIPPED
 from memento.toy.experiments import EVICT, FULL, RESTART, load
-from memento.toy.tasks import held_out
 
-pytestmark = pytest.mark.xdist_group("eval-toy")  # one worker computes the module's fixtures once
+pytestmark = [pytest.mark.xdist_group("eval-toy"), pytest.mark.slow]  # one worker computes the fixtures once
 
 N = 12  # problems; the demo's scoring set starts with these (`make demo` scores 64, `--full` 256)
 COMMON = {"max_new_tokens": 1024}  # greedy, as the demo

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from memento.errors import MementoError
+from memento.core.errors import MementoError
 from memento.eval.tasks import MATH_INSTRUCTION, get
 from memento.eval.tasks.gpqa import shuffle
 from memento.eval.tasks.livecodebench import decode_tests, encode_tests, parse_option
@@ -220,7 +220,7 @@ def test_without_network_the_hub_tasks_say_so_and_name_the_fields(tmp_path):
     done = run_without_network("get('aime25').problems()", tmp_path / "hf")  # an empty cache
     assert done.returncode != 0 and time.monotonic() - start < 30  # at once, not after a half-minute of retries
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("memento.errors.MementoError: task aime25: no network access to the Hugging Face Hub")
+    assert last.startswith("memento.core.errors.MementoError: task aime25: no network access to the Hugging Face Hub")
     assert "MathArena/aime_2025" in last and "problem, answer" in last and "`aime25:/path/to/file.jsonl`" in last
 
 

@@ -7,8 +7,8 @@ from dataclasses import asdict
 
 import pytest
 
-from memento.engine.policy import EvictionPolicy
-from memento.errors import MementoError
+from memento.core.errors import MementoError
+from memento.core.policy import EvictionPolicy
 from memento.eval.run import EvalSettings, evaluate, problems_of, sample_seed, summarize
 
 FULL = asdict(EvictionPolicy(-1))
@@ -16,7 +16,7 @@ FULL = asdict(EvictionPolicy(-1))
 
 @pytest.fixture(scope="module")
 def smol_memento():
-    from memento.assets import smollm2_memento_dir
+    from memento.tokenizer import smollm2_memento_dir
 
     return str(smollm2_memento_dir())
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from memento.errors import MementoError
+from memento.core.errors import MementoError
 from memento.eval.tasks import get
 
 

@@ -8,12 +8,12 @@ from dataclasses import asdict
 
 import pytest
 
-from memento.engine.policy import EvictionPolicy
+from memento.core.policy import EvictionPolicy
 from memento.eval.run import EvalSettings, evaluate
 from memento.toy.demo import SHIPPED
 from memento.toy.experiments import EVICT
 
-pytestmark = pytest.mark.xdist_group("vllm")
+pytestmark = [pytest.mark.xdist_group("vllm"), pytest.mark.slow]
 
 
 def test_vllm_engine_matches_the_reference_engine(tmp_path, monkeypatch):

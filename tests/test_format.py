@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memento.errors import MementoError, TraceFormatError
-from memento.format import SPECIAL_TOKENS, Block, Trace, parse, recover, render
+from memento.core.errors import MementoError, TraceFormatError
+from memento.core.format import SPECIAL_TOKENS, Block, Trace, parse, recover, render
 
 # Arbitrary unicode, plus the things real traces contain: code fences, LaTeX, newlines, angle brackets.
 pieces = st.sampled_from(["```python\nprint('x')\n```", "\\[ x^2 \\]", "$$a$$", "\n\n", "<|im_end|>", "<", "|>", " "])

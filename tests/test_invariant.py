@@ -14,11 +14,11 @@ from conftest import small_trace
 from hypothesis import HealthCheck, given, settings
 from test_format import traces
 
-from memento.engine.policy import EvictionPolicy, eviction_schedule
+from memento.core.chat import label_trace, memento_ids
+from memento.core.policy import EvictionPolicy, eviction_schedule
+from memento.core.spans import Kind
 from memento.engine.reference import Decoder
-from memento.spans import Kind
-from memento.stats import label_trace
-from memento.tokenizer import load_tokenizer, memento_ids
+from memento.tokenizer import load_tokenizer
 from memento.train.masks import model_mask
 
 POLICIES = {

@@ -8,13 +8,12 @@ from hypothesis import strategies as st
 from test_format import traces
 from test_policy import oracle_views, policies
 
-from memento.engine.policy import EvictionPolicy
-from memento.errors import MementoError
-from memento.kv import PRESETS, KVGeometry, compare, plot_sawtooth, preset, replay
-from memento.rows import read_traces
-from memento.spans import Kind
-from memento.stats import label_trace
-from memento.tokenizer import memento_ids
+from memento.core.chat import label_trace, memento_ids
+from memento.core.errors import MementoError
+from memento.core.kv import PRESETS, KVGeometry, compare, plot_sawtooth, preset, replay
+from memento.core.policy import EvictionPolicy
+from memento.core.rows import read_traces
+from memento.core.spans import Kind
 
 
 def test_preset_bytes_per_token_match_the_paper():

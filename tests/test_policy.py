@@ -9,11 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_format import traces
 
-from memento.engine.policy import NEVER, EvictionPolicy, eviction_schedule, visible
-from memento.errors import MementoError
-from memento.spans import Kind
-from memento.stats import label_trace
-from memento.tokenizer import memento_ids
+from memento.core.chat import label_trace, memento_ids
+from memento.core.errors import MementoError
+from memento.core.policy import NEVER, EvictionPolicy, eviction_schedule, visible
+from memento.core.spans import Kind
 
 policies = st.builds(
     EvictionPolicy,

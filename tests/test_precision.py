@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from memento.errors import MementoError
-from memento.precision import resolve
+from memento.core.errors import MementoError
+from memento.core.precision import resolve
 
 
 def test_forced_choices_and_bad_names():
@@ -39,7 +39,7 @@ def test_a_onednn_cap_below_avx512_means_fp32(monkeypatch):
 
 def test_the_avx2_code_path_chooses_fp32():
     """ATEN_CPU_CAPABILITY=avx2 (an AVX2-only CPU as ATen sees it) must give fp32, in a fresh interpreter."""
-    code = "import json; from memento.precision import resolve; print(json.dumps(resolve('auto')))"
+    code = "import json; from memento.core.precision import resolve; print(json.dumps(resolve('auto')))"
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
     env.pop("ONEDNN_MAX_CPU_ISA", None)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)

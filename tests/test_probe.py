@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from memento.engine.policy import EvictionPolicy
+from memento.core.chat import label_trace, memento_ids
+from memento.core.policy import EvictionPolicy
 from memento.engine.reference import Decoder
 from memento.probe.leakage import MEMENTO_KINDS, ProbeConfig, fit_probes, memento_features, split
-from memento.stats import label_trace
-from memento.tokenizer import memento_ids
-from memento.toy.orbit import orbit_traces, with_note
+from memento.synthetic.orbit import orbit_traces, with_note
 
 
 @pytest.mark.parametrize("policy", [EvictionPolicy(0, mask_delimiters=True), EvictionPolicy(0, restart=True)])

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from test_format import traces
 
-from memento.errors import MementoError
-from memento.format import parse, render
-from memento.rows import read_traces, row_from_trace, segments_from_trace, trace_from_row, write_rows
+from memento.core.errors import MementoError
+from memento.core.format import parse, render
+from memento.core.rows import read_traces, row_from_trace, segments_from_trace, trace_from_row, write_rows
 
 
 def test_paper_example_has_five_blocks_mementos_and_answer(shared_examples):
@@ -126,7 +126,7 @@ def test_lenient_rows_recover(tmp_path):
 
 
 def test_unicode_line_separators_and_mixed_types_round_trip(tmp_path):
-    from memento.format import Block, Trace
+    from memento.core.format import Block, Trace
 
     traces = [
         Trace("p\u2028q", [Block("a\u2029b\x85c", "m")], "A", {"difficulty": 3, "extra": [1]}),

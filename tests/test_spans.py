@@ -9,11 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_format import traces
 
-from memento.errors import TraceFormatError
-from memento.format import render
-from memento.spans import Kind, label
-from memento.stats import label_trace
-from memento.tokenizer import encode_chat, memento_ids
+from memento.core.chat import encode_chat, label_trace, memento_ids
+from memento.core.errors import TraceFormatError
+from memento.core.format import render
+from memento.core.spans import Kind, label
 
 fixture_ok = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -3,16 +3,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memento.errors import MissingTokensError
-from memento.format import SPECIAL_TOKENS
+from memento.core.chat import encode_chat, memento_ids
+from memento.core.errors import MissingTokensError
+from memento.core.format import SPECIAL_TOKENS
 from memento.tokenizer import (
     CHATML_SYSTEM_TEMPLATE,
     CHATML_TEMPLATE,
     RELATED_WORDS,
     add_memento_tokens,
-    encode_chat,
     init_memento_embeddings,
-    memento_ids,
     related_ids,
 )
 

@@ -7,15 +7,15 @@ import re
 import numpy as np
 import pytest
 
-from memento.engine.policy import EvictionPolicy
-from memento.errors import MementoError
-from memento.format import parse, render, render_plain
-from memento.kv import KVGeometry, replay
-from memento.spans import Kind
-from memento.stats import label_trace
-from memento.toy.digits import digits_traces
-from memento.toy.orbit import orbit_traces, with_note
-from memento.toy.tasks import from_spec
+from memento.core.chat import label_trace
+from memento.core.errors import MementoError
+from memento.core.format import parse, render, render_plain
+from memento.core.kv import KVGeometry, replay
+from memento.core.policy import EvictionPolicy
+from memento.core.spans import Kind
+from memento.synthetic.digits import digits_traces
+from memento.synthetic.orbit import orbit_traces, with_note
+from memento.synthetic.tasks import from_spec
 
 TOY_POLICY = EvictionPolicy(0, mask_delimiters=True)
 
@@ -85,7 +85,7 @@ def test_orbit_cuts_peak_kv_by_more_than_3x_and_digits_barely(chars):
             memento = label_trace(trace, chars)
             control = label_trace(trace, chars, plain=True)
             full = replay(control.spans, EvictionPolicy(-1), geometry).peak_tokens
-            evicted = replay(memento.spans, TOY_POLICY, geometry).peak_tokens
+            evicted = replay(memento.core.spans, TOY_POLICY, geometry).peak_tokens
             ratios.append(full / evicted)
         assert low < np.mean(ratios) < high
 

@@ -6,15 +6,14 @@ import math
 
 import pytest
 
+from memento.core.chat import encode_chat, label_trace
+from memento.core.format import render, render_plain
+from memento.core.intervals import paired_difference, wilson
+from memento.core.kv import KVGeometry, replay
+from memento.core.policy import EvictionPolicy
 from memento.engine.generate import ReferenceEngine
-from memento.engine.policy import EvictionPolicy
-from memento.format import render, render_plain
-from memento.intervals import paired_difference, wilson
-from memento.kv import KVGeometry, replay
-from memento.stats import label_trace
-from memento.tokenizer import encode_chat
+from memento.synthetic.orbit import orbit_traces
 from memento.toy.evaluate import boxed, evaluate, score
-from memento.toy.orbit import orbit_traces
 
 POLICY = EvictionPolicy(0, mask_delimiters=True)
 

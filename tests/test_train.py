@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from memento.engine.policy import EvictionPolicy
-from memento.errors import MementoError
-from memento.spans import Kind
-from memento.tokenizer import memento_ids
-from memento.toy.sums import sums_traces
-from memento.toy.tokenizer import char_tokenizer
+from memento.core.chat import memento_ids
+from memento.core.errors import MementoError
+from memento.core.policy import EvictionPolicy
+from memento.core.spans import Kind
+from memento.synthetic.sums import sums_traces
+from memento.tokenizer import char_tokenizer
 from memento.train.config import from_dict, load_recipe
 from memento.train.dataset import IGNORE, Collator, build_examples
 from memento.train.trainer import train

@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memento.engine.policy import EvictionPolicy
-from memento.toy.sums import sums_traces
-from memento.toy.tokenizer import char_tokenizer
+from memento.core.policy import EvictionPolicy
+from memento.synthetic.sums import sums_traces
+from memento.tokenizer import char_tokenizer
 from memento.train.attention import CHUNK, chunked_sdpa, register
 from memento.train.dataset import Collator, build_examples
 from memento.train.losses import token_losses

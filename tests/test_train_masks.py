@@ -12,11 +12,10 @@ from test_format import traces
 from test_policy import policies
 from torch.nn.attention.flex_attention import create_mask
 
-from memento.engine.policy import EvictionPolicy
-from memento.errors import MementoError
-from memento.spans import label
-from memento.stats import label_trace
-from memento.tokenizer import memento_ids
+from memento.core.chat import label_trace, memento_ids
+from memento.core.errors import MementoError
+from memento.core.policy import EvictionPolicy
+from memento.core.spans import label
 from memento.train.attention import register
 from memento.train.masks import dense_mask, flex_block_mask, mask_mod, model_mask, reference_mask, schedules
 
@@ -57,7 +56,7 @@ def test_causal_schedule_is_plain_causal(qwen):
 
 
 def test_restart_hides_the_block_from_its_memento(qwen):
-    from memento.spans import Kind
+    from memento.core.spans import Kind
 
     policy = EvictionPolicy(0, restart=True)
     _ids, spans, schedule, pad = padded_batch(qwen, [small_trace(2)], policy)

@@ -15,13 +15,13 @@ import pytest
 import torch
 from conftest import AIME_TRACE
 
+from memento.core.chat import encode_chat
+from memento.core.format import Block, render
+from memento.core.policy import EvictionPolicy
 from memento.engine.generate import ReferenceEngine
-from memento.engine.policy import EvictionPolicy
 from memento.engine.sampling import Sampling
-from memento.format import Block, render
-from memento.tokenizer import encode_chat
 
-pytestmark = pytest.mark.xdist_group("vllm")
+pytestmark = [pytest.mark.xdist_group("vllm"), pytest.mark.slow]
 
 TOY = Path(__file__).resolve().parents[1] / "memento" / "toy" / "checkpoints" / "curriculum"
 POLICIES = {
@@ -52,7 +52,7 @@ def stop(llm) -> None:
 
 
 def toy_prompts(n: int, seed: int) -> list[str]:
-    from memento.toy.orbit import orbit_traces
+    from memento.synthetic.orbit import orbit_traces
 
     return [t.problem for t in orbit_traces(n, seed=seed, split="test")]
 
@@ -176,7 +176,7 @@ SMOL_POLICIES = ["keep0", "keep1", "keep0-last-block-for-answer", "restart"]
 
 def real_shaped_trace():
     """The paper's AIME trace with its structure (blocks, mementos, answer) kept and each text cut short."""
-    from memento.rows import read_traces
+    from memento.core.rows import read_traces
 
     (trace,) = read_traces(AIME_TRACE)
     blocks = [Block(b.text[:120], b.memento[:50]) for b in trace.blocks[:4]]  # ~60 / ~15 tokens: the reference
@@ -216,3 +216,41 @@ def test_teacher_forced_real_trace_equals_the_reference_engine_on_smollm2(smollm
     assert list(got[name].token_ids) == force == expected[name].ids
     assert expected[name].stats.evictions >= 3  # the forced trace evicts (3 or 4 of its 4 blocks, by policy)
     assert float((logprobs(got[name]) - reference_logprobs(expected[name])).abs().max()) < 2e-3
+
+
+def test_make_llm_from_a_plain_script_with_no_environment(tmp_path):
+    """`make_llm(model)` in a user's script, with none of the variables vLLM needs on this machine: it sets them
+    (keeping the user's own, here VLLM_CACHE_ROOT), starts, and generates."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "user.py"
+    script.write_text(
+        "import json, os\n"
+        "from memento.engine.vllm import make_llm\n"
+        "if __name__ == '__main__':\n"
+        f"    llm = make_llm({str(TOY)!r}, dtype='float32')\n"
+        "    out = llm.generate(['Hello'], use_tqdm=False)[0].outputs[0]\n"
+        "    names = ('VLLM_USE_V2_MODEL_RUNNER', 'VLLM_CPU_KVCACHE_SPACE', 'VLLM_CACHE_ROOT')\n"
+        "    print(json.dumps({'tokens': len(out.token_ids), **{n: os.environ.get(n) for n in names}}))\n"
+        "    llm.llm_engine.engine_core.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
+    env["VLLM_CACHE_ROOT"] = str(tmp_path / "cache")
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["tokens"] > 0
+    assert result["VLLM_USE_V2_MODEL_RUNNER"] == "0" and 1 <= int(result["VLLM_CPU_KVCACHE_SPACE"]) <= 8
+    assert result["VLLM_CACHE_ROOT"] == str(tmp_path / "cache"), "the user's own setting is kept"
+
+
+def test_environment_keeps_what_the_user_set(monkeypatch):
+    from memento.engine.vllm import environment
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    assert environment(cpu_kv_gib=5) == {"VLLM_USE_V2_MODEL_RUNNER": "0", "VLLM_CPU_KVCACHE_SPACE": "3"}
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE")
+    assert environment(cpu_kv_gib=5)["VLLM_CPU_KVCACHE_SPACE"] == "5"

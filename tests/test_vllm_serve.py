@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.xdist_group("vllm")
+pytestmark = [pytest.mark.xdist_group("vllm"), pytest.mark.slow]
 
 TOY = Path(__file__).resolve().parents[1] / "memento" / "toy" / "checkpoints" / "curriculum"
 
@@ -58,10 +58,10 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference():
     """The reference engine's greedy answers (computed before the server starts: an idle engine busy-polls)."""
+    from memento.core.policy import EvictionPolicy
     from memento.engine.generate import ReferenceEngine
-    from memento.engine.policy import EvictionPolicy
     from memento.engine.sampling import Sampling
-    from memento.toy.orbit import orbit_traces
+    from memento.synthetic.orbit import orbit_traces
 
     problem = orbit_traces(1, seed=3, split="test")[0].problem
     engine = ReferenceEngine.from_pretrained(TOY)
@@ -78,7 +78,7 @@ def test_serve_streams_a_memento_chat_completion_with_kv_statistics(reference, s
     import openai
     from prometheus_client.parser import text_string_to_metric_families
 
-    from memento.tokenizer import encode_chat
+    from memento.core.chat import encode_chat
 
     problem, tokenizer, expected = reference
     client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")

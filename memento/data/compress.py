@@ -142,7 +142,7 @@ class LLMCompressor(Compressor):
 
 
 def _usable(value) -> str | None:
-    from memento.format import SPECIAL_TOKENS
+    from memento.core.format import SPECIAL_TOKENS
 
     if not isinstance(value, str) or not value.strip() or any(t in value for t in SPECIAL_TOKENS):
         return None

@@ -28,7 +28,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from memento.errors import MementoError
+from memento.core.errors import MementoError
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from memento.core.errors import MementoError
+from memento.core.format import Block, Trace
+from memento.core.rows import row_from_trace, trace_from_row, write_rows
 from memento.data.atomize import atomize
 from memento.data.boundaries import LLMScorer, heuristic_scores
 from memento.data.compress import ExtractiveCompressor, LLMCompressor
@@ -31,9 +34,6 @@ from memento.data.llm import CachedBackend, HFBackend, LLMUnavailable, OpenAIBac
 from memento.data.report import write_report
 from memento.data.segment import segment
 from memento.data.sources import RawTrace, iter_raw
-from memento.errors import MementoError
-from memento.format import Block, Trace
-from memento.rows import row_from_trace, trace_from_row, write_rows
 
 log = logging.getLogger(__name__)
 JOURNAL = "journal.jsonl"

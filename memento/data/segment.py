@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from memento.errors import MementoError
+from memento.core.errors import MementoError
 
 INF = np.iinfo(np.int64).max // 4
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from memento.errors import MementoError
-from memento.rows import read_objects
+from memento.core.errors import MementoError
+from memento.core.rows import read_objects
 
 KEEP = ("domain", "source", "difficulty")
 

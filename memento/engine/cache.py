@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from memento.errors import MementoError
-from memento.train.masks import for_model
+from memento.core.errors import MementoError
+from memento.core.mask import for_model
 
 EMPTY = -1
 

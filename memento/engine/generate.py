@@ -5,8 +5,8 @@ freed and the next prompt is prefilled in the same forward that decodes the othe
 `SlotCache.feed`). Every request evicts on its own schedule; statistics are per request.
 
 Statistics count the KV of *fed* tokens: the token that ends a request (EOS, a stop string, the length limit) is
-sampled but never fed, so it holds no KV. `memento.kv.replay` over the fed tokens gives the same occupancy, token for
-token (tested).
+sampled but never fed, so it holds no KV. `memento.core.kv.replay` over the fed tokens gives the same occupancy,
+token for token (tested).
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from memento.core.chat import encode_chat, memento_ids
+from memento.core.errors import MementoError
+from memento.core.format import State
+from memento.core.kv import KVGeometry
+from memento.core.policy import EvictionPolicy
+from memento.core.spans import Kind
 from memento.engine.cache import SlotCache
-from memento.engine.policy import EvictionPolicy
 from memento.engine.reference import Decoder, Row
 from memento.engine.sampling import Sampling, choose
-from memento.errors import MementoError
-from memento.format import State
-from memento.kv import KVGeometry
-from memento.spans import Kind
-from memento.tokenizer import encode_chat, memento_ids
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Generation:
     logits: torch.Tensor | None = field(default=None, repr=False)  # (steps, V) when asked for
 
     def to_dict(self) -> dict:
-        from memento.format import recover
+        from memento.core.format import recover
 
         out = {k: v for k, v in asdict(self).items() if k not in ("logits", "stats")}
         recovered = recover(self.text.removesuffix("<|im_end|>"), self.prompt)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from memento.core.policy import EvictionPolicy, EvictionTracker
+from memento.core.spans import Kind, Labeller, MementoIds
 from memento.engine.cache import SlotCache
-from memento.engine.policy import EvictionPolicy, EvictionTracker
-from memento.spans import Kind, Labeller, MementoIds
 
 
 @dataclass

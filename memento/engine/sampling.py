@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from memento.errors import MementoError
+from memento.core.errors import MementoError
 
 
 @dataclass(frozen=True, slots=True)

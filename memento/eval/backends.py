@@ -4,7 +4,7 @@ and memento lengths, evicted tokens, peak KV in tokens and bytes, KV AUC) per pr
 
 Design choices:
 - The reference engine measures KV while it decodes. On vLLM the scheduler reports blocks, evictions and peak KV
-  (what `/metrics` counts), and the AUC is replayed from the tokens (`memento.kv.replay`, the way the paper
+  (what `/metrics` counts), and the AUC is replayed from the tokens (`memento.core.kv.replay`, the way the paper
   computed its Table 1); the replay's peak must agree with the scheduler's.
 - A model without the Memento tokens is a base model, run under `--policy full` only: on the reference engine the
   tokens are added for its bookkeeping and banned from sampling; on vLLM it runs on stock vLLM, its KV replayed.
@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from memento.engine.policy import EvictionPolicy
-from memento.errors import MementoError
-from memento.precision import vllm_dtype
+from memento.core.errors import MementoError
+from memento.core.policy import EvictionPolicy
+from memento.core.precision import vllm_dtype
 
 if TYPE_CHECKING:
-    from memento.eval.run import EvalSettings
+    from memento.eval.settings import EvalSettings
 
 
 def _sizes(ids: list[int], special) -> dict:
     """Block and memento lengths (tokens, delimiters excluded) of a completion, however malformed."""
-    from memento.spans import Kind, label
+    from memento.core.spans import Kind, label
 
     if special is None:  # a base model: no blocks
         return {"block_tokens": [], "memento_tokens": []}
@@ -95,19 +95,17 @@ class VLLMBackend:
     """Memento on vLLM: the scheduler's KV statistics (`kv_transfer_params["memento"]`), the AUC replayed."""
 
     def __init__(self, settings: EvalSettings, prompts: list[str], device: str | None = None):
-        import os
-
         import torch
         from transformers import AutoConfig, AutoTokenizer
 
-        from memento.engine.vllm import engine_args, require_vllm
-        from memento.kv import KVGeometry
-        from memento.tokenizer import encode_chat, memento_ids
+        from memento.core.chat import encode_chat, memento_ids
+        from memento.core.kv import KVGeometry
+        from memento.engine.vllm import engine_args, environment, require_vllm
 
         vllm = require_vllm()
         if not Path(settings.model).is_dir():
             raise MementoError(f"--model {settings.model}: not a folder with a Hugging Face model")
-        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # the Memento worker patches the V1 model runner
+        environment()  # what the extension needs (the user's own settings win)
         self.settings, self.policy = settings, EvictionPolicy(**settings.policy)
         self.tokenizer = AutoTokenizer.from_pretrained(settings.model)
         base = bool(_base_model(settings, self.tokenizer))
@@ -133,8 +131,8 @@ class VLLMBackend:
         return [self._sample(p, o) for p, o in zip(ids, outs, strict=True)]
 
     def _sample(self, prompt: list[int], output) -> dict:
-        from memento.kv import replay
-        from memento.spans import label
+        from memento.core.kv import replay
+        from memento.core.spans import label
 
         done = output.outputs[0]
         completion = list(done.token_ids)

@@ -10,7 +10,7 @@ Design choices:
   options of `EvictionPolicy`, defaulting to the command's policy flags). Every run shares the task, the sampling
   settings, the seeds and `--limit`, so all runs answer the same problems with the same seeds.
 - Differences are taken against the first run, per task, paired over the problems both runs answered
-  (`memento.intervals.paired_scores`); KV is compared as the ratio of the mean per-sample peak and AUC.
+  (`memento.core.intervals.paired_scores`); KV is compared as the ratio of the mean per-sample peak and AUC.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from memento.engine.policy import EvictionPolicy
-from memento.errors import MementoError
+from memento.core.errors import MementoError
+from memento.core.intervals import paired_scores
+from memento.core.policy import EvictionPolicy
 from memento.eval.run import EvalSettings, evaluate, per_problem, problems_of, records_of, score
-from memento.intervals import paired_scores
 
 FLAGS = ("mask_delimiters", "keep_last_block_for_answer", "restart")
 NUMBERS = ("max_block_tokens", "max_blocks")

@@ -8,7 +8,7 @@ Design choices:
   generated in the first run or after a resume, and whatever else shared its batch (on the reference engine; vLLM's
   batched kernels may differ in the last bits), and unrelated to the samples of any other `--seed`.
 - pass@1 is the mean over problems of the share of correct samples (the paper's "averaged over k samples"), with a
-  95% interval (Wilson while every problem scores 0 or 1, else normal over problems: `memento.intervals`); pass@k
+  95% interval (Wilson while every problem scores 0 or 1, else normal over problems: `memento.core.intervals`); pass@k
   counts a problem when any of its k samples is right; maj@k votes among the extracted answers, the right ones
   (equivalent to the reference, however written) counting as one answer, the wrong ones grouped by their text
   without spaces (ties: the first seen); tasks whose answers are programs have no maj@k. Extraction failures are
@@ -22,42 +22,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
-from memento.engine.policy import EvictionPolicy
-from memento.errors import MementoError
+from memento.core.errors import MementoError
+from memento.core.intervals import mean_interval, wilson
 from memento.eval import backends
+from memento.eval.settings import EvalSettings
 from memento.eval.tasks import Problem, Task, get
-from memento.intervals import mean_interval, wilson
-
-ENGINES = ("reference", "vllm")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    model: str
-    task: str
-    samples: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 4096
-    seed: int = 0
-    policy: dict = field(default_factory=lambda: asdict(EvictionPolicy(0)))
-    engine: str = "reference"  # reference | vllm
-    dtype: str = "auto"  # auto: float32 on the reference engine; on vLLM the model's own (fp32 on CPUs without bf16)
-
-    def __post_init__(self):
-        if self.engine not in ENGINES:
-            raise MementoError(f"--engine {self.engine}: choose from {', '.join(ENGINES)}")
-        if self.samples < 1:
-            raise MementoError(f"--n-samples {self.samples}: need at least one sample per problem")
-        if self.samples > 1 and self.temperature == 0:
-            raise MementoError(f"--n-samples {self.samples} with --temperature 0: greedy samples are all the same")
-        if self.dtype not in DTYPES:
-            raise MementoError(f"--dtype {self.dtype}: choose from {', '.join(DTYPES)}")
 
 
 def evaluate(settings: EvalSettings, out: Path, limit: int | None = None, batch_size: int | None = None,

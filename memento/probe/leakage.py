@@ -27,11 +27,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from memento.engine.policy import EvictionPolicy
-from memento.errors import MementoError
-from memento.format import Trace
-from memento.intervals import wilson
-from memento.spans import Kind
+from memento.core.errors import MementoError
+from memento.core.format import Trace
+from memento.core.intervals import wilson
+from memento.core.policy import EvictionPolicy
+from memento.core.spans import Kind
 from memento.train.dataset import Collator, build_examples
 from memento.train.masks import model_mask
 
@@ -185,7 +185,7 @@ def leakage(
 
 def inject(trace: Trace, block: int, text: str) -> Trace:
     """`trace` with `text` put first in block `block` (0-based): the passcode for traces of any origin."""
-    from memento.format import Block
+    from memento.core.format import Block
 
     blocks = [Block(text + b.text, b.memento) if i == block else b for i, b in enumerate(trace.blocks)]
     return Trace(trace.problem, blocks, trace.answer)
@@ -212,7 +212,7 @@ def probe_model(
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from memento.tokenizer import memento_ids
+    from memento.core.chat import memento_ids
 
     folder = Path(folder)
     if not (folder / "config.json").exists():
@@ -222,8 +222,8 @@ def probe_model(
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     rng = np.random.default_rng(seed)
     if traces is None:
-        from memento.toy.orbit import with_note
-        from memento.toy.tasks import held_out
+        from memento.synthetic.orbit import with_note
+        from memento.synthetic.tasks import held_out
 
         if task != "orbit":
             raise MementoError(f"--task {task}: the passcode note is defined for the orbit task; use --traces FILE")
@@ -235,7 +235,7 @@ def probe_model(
         marked = [with_note(t, block, d) for t, d in zip(marked_from, digits, strict=True)]
         toy = True
     else:
-        from memento.rows import iter_traces
+        from memento.core.rows import iter_traces
 
         found = [t for t in iter_traces(Path(traces)) if len(t.blocks) >= block + 2][:n]
         if len(found) < 20:

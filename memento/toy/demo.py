@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from memento.precision import resolve
+from memento.core.precision import resolve
 from memento.toy import report
 from memento.toy.experiments import BY_NAME, EVICT, FULL, VARIANTS, Size, accuracy, load, probe, recipe, train_variants
 
@@ -173,7 +173,7 @@ def example_timelines(folders: dict[str, Path]) -> dict[str, list[int]]:
     """KV timelines of one new problem: the Control (full attention) and the curriculum model (eviction)."""
     from memento.engine.generate import ReferenceEngine
     from memento.engine.sampling import Sampling
-    from memento.toy.tasks import held_out
+    from memento.synthetic.tasks import held_out
 
     problem = held_out(TASK, 1, seed=30_000)[0].problem
     out = {}

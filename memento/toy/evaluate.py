@@ -1,8 +1,8 @@
 """Task accuracy, KV and speed of a model generating answers with the reference engine under one policy.
 
 Every problem is generated greedily from its prompt alone; the answer counts when the last `\\boxed{...}` of the
-completion equals the reference's. Proportions come with Wilson 95% intervals (`memento.intervals`, which also has the
-paired difference of two runs on the same problems).
+completion equals the reference's. Proportions come with Wilson 95% intervals (`memento.core.intervals`, which also has
+the paired difference of two runs on the same problems).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from memento.core.format import Trace, recover
+from memento.core.intervals import wilson
+from memento.core.policy import EvictionPolicy
 from memento.engine.generate import Generation, ReferenceEngine
-from memento.engine.policy import EvictionPolicy
 from memento.engine.sampling import Sampling
-from memento.format import Trace, recover
-from memento.intervals import wilson
 
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 

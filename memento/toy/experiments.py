@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import yaml
 
-from memento.engine.policy import EvictionPolicy
-from memento.intervals import Difference, paired_difference
+from memento.core.intervals import Difference, paired_difference
+from memento.core.policy import EvictionPolicy
+from memento.synthetic.tasks import held_out
 from memento.toy.evaluate import Scores, evaluate
-from memento.toy.tasks import held_out
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def recipe(variant: Variant, task: str, size: Size, out: Path, seed: int = 0) ->
         "optim": {"lr": 3e-3, "warmup_ratio": 0.05},
         "micro_batch_size": size.micro_batch,
         "global_batch_size": size.batch,
-        "precision": "auto",  # bf16 only where the CPU runs it natively (memento.precision)
+        "precision": "auto",  # bf16 only where the CPU runs it natively (memento.core.precision)
         "seed": seed,
         "log_every": 5,
         "save_every": max(size.steps // 3, 1),
@@ -177,7 +177,7 @@ def probe(folder: Path, task: str, size: Size, seed: int = 20_000, block: int = 
     """The leakage probe on `folder`'s model: a passcode digit in block `block` (0-based) of fresh traces, probed
     from every memento and layer, with normal eviction and with restart. Returns {"evict": Leakage, "restart": ...}."""
     from memento.probe.leakage import leakage
-    from memento.toy.orbit import with_note
+    from memento.synthetic.orbit import with_note
 
     model, tokenizer = load(folder)
     traces = held_out(task, size.probe_traces, seed, notes=0.0)  # orbit only: its note carries the passcode

@@ -172,7 +172,7 @@ def _save(fig, path: Path) -> Path:
 def comparisons(results: list[Accuracy]) -> dict:
     """The curriculum with eviction vs the Control; curriculum vs stage-2-only at equal total and equal stage-2
     compute; restart vs eviction. All paired over the same problems."""
-    from memento.intervals import paired_difference
+    from memento.core.intervals import paired_difference
 
     by = {r.name: r for r in results}
     out = {}
@@ -213,7 +213,7 @@ def write(out: Path, results: dict, leak: dict, plots: dict[str, Path]) -> Path:
     lines = [
         "# memento demo: the paper's findings on a toy world",
         "",
-        f"Task `{results['task']}` (memento/toy/orbit.py): 9 rounds of 6 steps of x -> a*x + k_r mod 10, the "
+        f"Task `{results['task']}` (memento/synthetic/orbit.py): 9 rounds of 6 steps of x -> a*x + k_r mod 10, the "
         "offset drifting each round; a block per round, its memento the round, multiplier, next offset, drift and "
         "state. Tiny Llama (4 layers, d=128, character tokenizer, ~0.9M parameters); eviction policy keep 0 with "
         "block delimiters evicted.",

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from memento.engine.policy import EvictionPolicy
-from memento.errors import MementoError
-from memento.precision import PRECISIONS
+from memento.core.errors import MementoError
+from memento.core.policy import EvictionPolicy
+from memento.core.precision import PRECISIONS
 from memento.train.dataset import OVERLONG
 from memento.train.masks import MASK_KINDS
 
@@ -93,7 +93,7 @@ class TrainConfig:
     optim: Optim = field(default_factory=Optim)
     micro_batch_size: int = 1
     global_batch_size: int = 8
-    precision: str = "auto"  # auto | bf16 | fp32 (bf16: autocast, fp32 master weights; auto: memento.precision)
+    precision: str = "auto"  # auto | bf16 | fp32 (bf16: autocast, fp32 master weights; auto: memento.core.precision)
     gradient_checkpointing: bool = False
     attn_implementation: str = "memento_sdpa"  # memento_sdpa (sdpa that skips masked work on CPU) | sdpa | eager
     # | flex_attention (CUDA)

@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memento.engine.policy import EvictionPolicy
-from memento.errors import MementoError
-from memento.format import Trace
-from memento.rows import iter_traces
-from memento.spans import Kind, Spans, label
-from memento.stats import label_trace
-from memento.tokenizer import memento_ids
+from memento.core.chat import label_trace, memento_ids
+from memento.core.errors import MementoError
+from memento.core.format import Trace
+from memento.core.policy import EvictionPolicy
+from memento.core.rows import iter_traces
+from memento.core.spans import Kind, Spans, label
 from memento.train.masks import schedules
 
 log = logging.getLogger(__name__)
@@ -91,7 +90,7 @@ def build_examples(
 
 def load_examples(paths: str | Path | list, tokenizer, max_length: int, overlong: str = "truncate", plain=False):
     """`build_examples` over OpenMementos rows / segments files (JSONL, JSON, Parquet) or `toy:` task specs."""
-    from memento.toy.tasks import from_spec
+    from memento.synthetic.tasks import from_spec
 
     paths = [paths] if isinstance(paths, str | Path) else list(paths)
     traces = [t for p in paths for t in (from_spec(p) if str(p).startswith("toy:") else iter_traces(Path(p)))]

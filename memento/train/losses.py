@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from memento.spans import Kind
+from memento.core.spans import Kind
 from memento.train.dataset import IGNORE, Collator
 from memento.train.masks import model_mask
 

@@ -1,6 +1,6 @@
 """Attention masks for training: plain causal (stage 1) and the Memento rule (stage 2), in three forms.
 
-Every form reads the eviction schedule of `memento.engine.policy` (for each token, the first query that no longer
+Every form reads the eviction schedule of `memento.core.policy` (for each token, the first query that no longer
 sees it), so training sees exactly what the engines leave in the cache:
 
 - `reference_mask`: numpy, one sequence, built by simulating an engine that frees cache entries as it reads the
@@ -24,9 +24,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from memento.engine.policy import NEVER, EvictionPolicy, eviction_schedule
-from memento.errors import MementoError
-from memento.spans import Kind, Spans
+from memento.core.errors import MementoError
+from memento.core.mask import attention_implementation, for_model
+from memento.core.policy import NEVER, EvictionPolicy, eviction_schedule
+from memento.core.spans import Kind, Spans
 
 MASK_KINDS = ("causal", "memento")
 
@@ -121,29 +122,10 @@ def model_mask(model, schedule: torch.Tensor, pad: torch.Tensor, restart: bool =
     flex_attention gets a BlockMask and is refused on CPU, where its backward does not run; sdpa and eager get the
     dense mask through `for_model`.
     """
-    if _implementation(model) == "flex_attention":
+    if attention_implementation(model) == "flex_attention":
         if schedule.device.type != "cuda":
             raise MementoError(
                 "flex_attention needs CUDA (its backward does not run on CPU); use attn_implementation=sdpa"
             )
         return flex_block_mask(schedule, pad, restart)
     return for_model(model, dense_mask(schedule, pad, restart))
-
-
-def for_model(model, mask: torch.Tensor) -> torch.Tensor:
-    """A boolean (B, 1, Q, K) mask (True = attend) as `model` must receive it.
-
-    sdpa and `memento_sdpa` (see `attention.py`) take booleans; eager *adds* its mask to the scores, so a boolean
-    would be silently misread (True becomes +1, nothing is masked): it gets 0 / dtype-min instead.
-    """
-    impl = _implementation(model)
-    if impl in ("sdpa", "memento_sdpa"):
-        return mask
-    if impl == "eager":
-        dtype = next(model.parameters()).dtype
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
-    raise MementoError(f"attention implementation '{impl}' cannot take a dense Memento mask; use sdpa or eager")
-
-
-def _implementation(model) -> str:
-    return getattr(model.config, "_attn_implementation", None) or "eager"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from memento.errors import MementoError
+from memento.core.errors import MementoError
 from memento.tokenizer import add_memento_tokens, init_memento_embeddings, load_tokenizer
 
 log = logging.getLogger(__name__)

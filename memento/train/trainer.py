@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from memento.errors import MementoError
-from memento.precision import Choice, resolve
+from memento.core.errors import MementoError
+from memento.core.precision import Choice, resolve
 from memento.train.config import Stage, TrainConfig
 from memento.train.dataset import IGNORE, Collator, Example, load_examples
 from memento.train.losses import evaluate, token_losses

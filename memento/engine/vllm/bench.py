@@ -30,10 +30,10 @@ from pathlib import Path
 
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from memento.engine.policy import EvictionPolicy
+from memento.core.errors import MementoError
+from memento.core.format import Block, Trace, render
+from memento.core.policy import EvictionPolicy
 from memento.engine.vllm.scheduler import MementoScheduler
-from memento.errors import MementoError
-from memento.format import Block, Trace, render
 
 
 class _Recorder:
@@ -90,7 +90,7 @@ def scaled(trace: Trace, scale: float) -> Trace:
 
 
 def workload(tokenizer, traces: list[Trace], requests: int, scale: float, source: str) -> Workload:
-    from memento.tokenizer import encode_chat
+    from memento.core.chat import encode_chat
 
     if not traces or not all(t.blocks for t in traces):
         raise MementoError(f"{source}: the throughput workload needs traces with at least one block each")
@@ -150,11 +150,10 @@ class Run:
 def run_engine(model: str, work: Workload, *, memento: EvictionPolicy | None, pages: int, block_size: int,
                dtype: str, progress: bool = True) -> Run:  # fmt: skip
     """Serve the workload as one batch on a fresh engine; `memento=None` is stock vLLM."""
-    from memento.engine.vllm import engine_args, require_vllm
+    from memento.engine.vllm import engine_args, environment, require_vllm
 
     vllm = require_vllm()
-    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(pages * block_size * 1e-5))))
+    environment(cpu_kv_gib=max(1, math.ceil(pages * block_size * 1e-5)))
     with tempfile.TemporaryDirectory(prefix="memento-bench-") as tmp:
         record = Path(tmp) / "samples.jsonl"
         common = {"dtype": dtype, "enforce_eager": True, "seed": 0, "block_size": block_size,
@@ -205,8 +204,8 @@ def _params(vllm, completion: list[int], memento: EvictionPolicy | None):
 def compare(model: str, work: Workload, *, policy: EvictionPolicy, pages: int | None = None, block_size: int = 32,
             dtype: str = "auto", progress: bool = True, phase=print) -> dict:  # fmt: skip
     """Both engines on the same workload and pool; the result holds both summaries, their ratios and the series.
-    `dtype` auto: bf16 where this machine runs it natively, else float32 (`memento.precision`)."""
-    from memento.precision import resolve
+    `dtype` auto: bf16 where this machine runs it natively, else float32 (`memento.core.precision`)."""
+    from memento.core.precision import resolve
 
     if dtype == "auto":
         dtype = {"bf16": "bfloat16", "fp32": "float32"}[resolve("auto").precision]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from memento.engine.policy import EvictionPolicy
-from memento.errors import MementoError
-from memento.spans import MementoIds
+from memento.core.errors import MementoError
+from memento.core.policy import EvictionPolicy
+from memento.core.spans import MementoIds
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def settings(vllm_config) -> Settings:
     else:
         from transformers import AutoTokenizer
 
-        from memento.tokenizer import memento_ids
+        from memento.core.chat import memento_ids
 
         model = vllm_config.model_config
         tokenizer = AutoTokenizer.from_pretrained(model.tokenizer, revision=model.tokenizer_revision)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
+from memento.core.errors import MementoError
+from memento.core.format import State
+from memento.core.spans import Kind, Labeller
 from memento.engine.vllm.config import request_policy, settings
-from memento.errors import MementoError
-from memento.format import State
-from memento.spans import Kind, Labeller
 
 FORCE = "memento_force"
 
@@ -69,7 +69,7 @@ class MementoLogits(AdapterLogitsProcessor):
     @classmethod
     def validate_params(cls, params) -> None:
         """Checked in the front end (a bad request gets HTTP 400 instead of reaching the engine)."""
-        from memento.engine.policy import EvictionPolicy
+        from memento.core.policy import EvictionPolicy
 
         try:
             request_policy(EvictionPolicy(), params)

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from vllm.v1.core.sched.scheduler import Scheduler
 
+from memento.core.errors import MementoError
 from memento.engine.reference import Row
 from memento.engine.vllm.config import request_policy, settings
-from memento.errors import MementoError
 
 log = logging.getLogger(__name__)
 

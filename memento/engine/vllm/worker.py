@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from vllm.platforms import current_platform
 
+from memento.core.errors import MementoError
 from memento.engine.vllm.config import settings
-from memento.errors import MementoError
 
 if current_platform.is_cpu():
     from vllm.v1.worker.cpu_worker import CPUWorker as _Base

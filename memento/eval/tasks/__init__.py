@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from memento.errors import MementoError
+from memento.core.errors import MementoError
 from memento.eval.check import Verdict
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."

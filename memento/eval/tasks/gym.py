@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from memento.errors import MementoError
+from memento.core.errors import MementoError
 from memento.eval.check import Verdict, answer_section, last_boxed
 from memento.eval.tasks import Problem, Task, register
 

@@ -34,7 +34,7 @@ import re
 import zlib
 from functools import cache
 
-from memento.errors import MementoError
+from memento.core.errors import MementoError
 from memento.eval.check import Verdict
 from memento.eval.tasks import Problem, Task, register
 from memento.eval.tasks.source import HubSource, rows

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from memento.errors import MementoError
+from memento.core.errors import MementoError
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 

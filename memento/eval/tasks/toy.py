@@ -1,10 +1,10 @@
 """The demo's toy tasks (`toy:orbit`, `toy:digits`, `toy:sums`): the held-out problems `memento demo` scores.
 
-The problems are `memento.toy.tasks.held_out(NAME, SIZE, SEED)`, the ones the demo draws for scoring (never trained
-on): evaluating a shipped checkpoint with `--limit 64` scores the problems of `make demo`, with the full 256 those of
-`memento demo --full`. The check is the demo's own: the last `\\boxed{...}` of the whole completion must equal the
-reference's, character for character (`memento.toy.evaluate.boxed`), so that `memento eval` reproduces the demo's
-accuracy rather than a near neighbour of it. Decode as the demo does: greedy, and for the Memento models
+The problems are `memento.synthetic.tasks.held_out(NAME, SIZE, SEED)`, the ones the demo draws for scoring (never
+trained on): evaluating a shipped checkpoint with `--limit 64` scores the problems of `make demo`, with the full 256
+those of `memento demo --full`. The check is the demo's own: the last `\\boxed{...}` of the whole completion must
+equal the reference's, character for character (`memento.toy.evaluate.boxed`), so that `memento eval` reproduces
+the demo's accuracy rather than a near neighbour of it. Decode as the demo does: greedy, and for the Memento models
 `--policy keep0 --mask-delimiters`.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from memento.errors import MementoError
+from memento.core.errors import MementoError
 from memento.eval.check import Verdict
 from memento.eval.tasks import Problem, Task, register
 
@@ -21,7 +21,7 @@ SIZE, SEED = 256, 10_000  # memento.toy.demo's full-size scoring set and memento
 
 @cache
 def _traces(name: str):
-    from memento.toy.tasks import held_out
+    from memento.synthetic.tasks import held_out
 
     return held_out(name, SIZE, SEED)
 
@@ -31,7 +31,7 @@ class Toy(Task):
     about = f"the demo's toy task, its {SIZE} held-out scoring problems (seed {SEED}; offline)"
 
     def __init__(self, name: str = "orbit"):
-        from memento.toy.tasks import TASKS
+        from memento.synthetic.tasks import TASKS
 
         if name not in TASKS:
             raise MementoError(f"task toy:{name}: unknown toy task; choose from {', '.join(TASKS)}")

@@ -22,8 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from memento.errors import TraceFormatError
-from memento.format import (
+from memento.core.errors import TraceFormatError
+from memento.core.format import (
     BLOCK_END,
     BLOCK_START,
     CONTENT_STATES,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple
 
-from memento.errors import MementoError, TraceFormatError
+from memento.core.errors import MementoError, TraceFormatError
 
 THINK_START = "<think>"
 THINK_END = "</think>"

@@ -16,8 +16,8 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from memento.errors import MementoError, TraceFormatError
-from memento.format import Block, Trace, parse, recover, render
+from memento.core.errors import MementoError, TraceFormatError
+from memento.core.format import Block, Trace, parse, recover, render
 
 DEFAULT_FIELDS = ("problem", "response", "domain", "source", "difficulty")
 FULL_FIELDS = ("sentences", "blocks", "block_summaries")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from memento.format import Block, Trace
+from memento.core.format import Block, Trace
 
 
 def sums_traces(n: int = 400, seed: int = 0, blocks: tuple[int, int] = (2, 4), terms: int = 3) -> list[Trace]:

@@ -16,7 +16,7 @@ MaxBlocks = Annotated[int | None, typer.Option(help="Force </think> after this m
 
 def policy(name: str, mask_delimiters: bool, keep_last_block_for_answer: bool, restart: bool,
            max_block_tokens: int | None, max_blocks: int | None):  # fmt: skip
-    from memento.engine.policy import EvictionPolicy
+    from memento.core.policy import EvictionPolicy
 
     return EvictionPolicy.named(
         name,

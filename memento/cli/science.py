@@ -1,6 +1,6 @@
 """The science commands: `memento demo` (the toy world end to end) and `memento probe` (the leakage probe as a tool).
 
-Registered on the main app by `memento.cli`; thin like it: parse, call the library, print.
+Thin like every command: parse, call the library, print.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-out = Console(highlight=False, soft_wrap=True, markup=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+from memento.cli.app import app, err, out, user_errors
 
 
+@app.command()
+@user_errors
 def demo(
     out_dir: Annotated[
         Path, typer.Option("--out", help="Where to write report.md, results.json and the plots.")
@@ -37,7 +37,7 @@ def demo(
     Runs every stage live at reduced size, then scores and probes the checkpoints shipped with memento (trained by
     `memento demo --full`); writes report.md, results.json and PNG plots to --out.
     """
-    from memento.errors import MementoError
+    from memento.core.errors import MementoError
     from memento.toy import demo as toy
 
     if ship and not full:
@@ -55,6 +55,8 @@ def demo(
     out.print(f"report: {result.report}   ({result.seconds / 60:.1f} min)")
 
 
+@app.command()
+@user_errors
 def experiment(
     name: Annotated[str, typer.Argument(help="control | stage1 | curriculum | stage2-total | stage2-only")],
     out_dir: Annotated[Path, typer.Option("--out", help="Where the model and <NAME>.json go.")] = Path("experiments"),
@@ -69,7 +71,7 @@ def experiment(
     Scores on new problems with full attention, with eviction and (Memento variants) in restart mode: accuracy with
     95% intervals, peak KV, KV AUC and tokens/s. Run again with the same options: the finished model is reused.
     """
-    from memento.errors import MementoError
+    from memento.core.errors import MementoError
     from memento.toy import demo as toy
     from memento.toy import report
     from memento.toy.experiments import BY_NAME, accuracy, train_variants
@@ -129,6 +131,8 @@ def headline(results: dict) -> None:
         + f"; masked +1 under restart {100 * restart['masked +1']['accuracy']:.1f}%")  # fmt: skip
 
 
+@app.command()
+@user_errors
 def probe(
     model: Annotated[Path, typer.Option(help="A Hugging Face model folder with the Memento tokens.")],
     task: Annotated[
@@ -156,7 +160,7 @@ def probe(
     Normal eviction vs restart mode (strict forgetting); per layer and per memento: causal control (before the
     passcode's block: must be at chance), direct, and masked +1, +2, ... (any signal above chance is leakage).
     """
-    from memento.errors import MementoError
+    from memento.core.errors import MementoError
     from memento.probe.leakage import probe_model
 
     if block < 1:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 
-from memento.format import Block, Trace
+from memento.core.format import Block, Trace
 
 
 def digits_traces(n: int = 1000, seed: int = 0, blocks: int = 10, digits: int = 5) -> list[Trace]:

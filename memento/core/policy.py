@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memento.errors import MementoError
-from memento.spans import Kind, MementoIds, Spans
+from memento.core.errors import MementoError
+from memento.core.spans import Kind, MementoIds, Spans
 
 NEVER = np.iinfo(np.int64).max  # "not evicted within this sequence"
 

@@ -9,17 +9,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from memento import cli_policy
+from memento.cli import options
+from memento.cli.app import app, err, out, user_errors
 
-app = typer.Typer(no_args_is_help=True, help="Measure: serving throughput of vLLM + Memento against stock vLLM.")
-out = Console(highlight=False, soft_wrap=True, markup=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+bench_app = typer.Typer(no_args_is_help=True, help="Measure: serving throughput of vLLM + Memento against stock vLLM.")
+app.add_typer(bench_app, name="bench")
 
 WORKED_EXAMPLE = Path(__file__).resolve().parent / "examples" / "worked_example.json"
 
 
+@bench_app.command()
+@user_errors
 def throughput(
     model: Annotated[
         str | None, typer.Option(help="Model folder with the Memento tokens (default: SmolLM2-135M + Memento tokens).")
@@ -36,10 +37,10 @@ def throughput(
     dtype: Annotated[
         str, typer.Option(help="Model dtype in vLLM; auto: bfloat16 where this CPU/GPU runs it natively, else float32.")
     ] = "auto",
-    policy: cli_policy.Policy = "keep0",
-    mask_delimiters: cli_policy.MaskDelimiters = False,
-    keep_last_block_for_answer: cli_policy.KeepLastBlock = False,
-    restart: cli_policy.Restart = False,
+    policy: options.Policy = "keep0",
+    mask_delimiters: options.MaskDelimiters = False,
+    keep_last_block_for_answer: options.KeepLastBlock = False,
+    restart: options.Restart = False,
     out_dir: Annotated[Path, typer.Option("--out", help="Where throughput.md, .json, .png go.")] = Path("bench-out"),
 ):
     """Serve N teacher-forced requests on stock vLLM, then on vLLM + Memento, with the same model and KV pool.
@@ -49,17 +50,17 @@ def throughput(
     """
     from transformers import AutoTokenizer
 
-    from memento.assets import smollm2_memento_dir
+    from memento.core.errors import MementoError
+    from memento.core.rows import read_traces
     from memento.engine.vllm import require_vllm
-    from memento.errors import MementoError
-    from memento.rows import read_traces
+    from memento.tokenizer import smollm2_memento_dir
 
     require_vllm()
     from memento.engine.vllm import bench
 
     if requests < 1:
         raise MementoError(f"--requests {requests}: need at least one request")
-    pol = cli_policy.policy(policy, mask_delimiters, keep_last_block_for_answer, restart, None, None)
+    pol = options.policy(policy, mask_delimiters, keep_last_block_for_answer, restart, None, None)
     if not pol.evicts:
         raise MementoError(f"--policy {policy} never evicts: the comparison needs a Memento policy (keep0, keepN)")
     model = model or str(smollm2_memento_dir())

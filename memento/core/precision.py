@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from memento.errors import MementoError
+from memento.core.errors import MementoError
 
 PRECISIONS = ("auto", "bf16", "fp32")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

@@ -19,9 +19,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from memento.engine.policy import NEVER, EvictionPolicy, eviction_schedule
-from memento.errors import MementoError
-from memento.spans import Kind, Spans
+from memento.core.errors import MementoError
+from memento.core.policy import NEVER, EvictionPolicy, eviction_schedule
+from memento.core.spans import Kind, Spans
 
 
 @dataclass(frozen=True, slots=True)

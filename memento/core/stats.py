@@ -1,4 +1,4 @@
-"""Token statistics of Memento traces (what `memento inspect` prints), counted with a real tokenizer.
+"""Token statistics of labelled Memento traces (what `memento inspect` prints; labelling: `memento.core.chat`).
 
 Counts come from the span labels of the encoded chat, so they are exactly the tokens a model trains on and
 generates: block tokens exclude the delimiters, memento tokens likewise.
@@ -6,25 +6,10 @@ generates: block tokens exclude the delimiters, memento tokens likewise.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
-from memento.format import Trace, render, render_plain
-from memento.spans import Kind, Spans, label
-from memento.tokenizer import Encoded, encode_chat, memento_ids
-
-
-class Labelled(NamedTuple):
-    encoded: Encoded
-    spans: Spans
-
-
-def label_trace(trace: Trace, tokenizer, plain: bool = False) -> Labelled:
-    """Encode `trace` as a one-turn chat and label every token; `plain`: in the Control format (`render_plain`),
-    whose reasoning is labelled as the glue after `<think>` (it has no blocks)."""
-    encoded = encode_chat(tokenizer, trace.problem, render_plain(trace) if plain else render(trace))
-    return Labelled(encoded, label(encoded.ids, memento_ids(tokenizer), encoded.completion_start))
+from memento.core.chat import Labelled
+from memento.core.spans import Kind
 
 
 def trace_stats(labelled: Labelled) -> dict:

@@ -40,7 +40,7 @@ import itertools
 import random
 import string
 
-from memento.format import Block, Trace
+from memento.core.format import Block, Trace
 
 STEPS = string.ascii_lowercase
 OFFSETS = "ABCDEFGHIJ"

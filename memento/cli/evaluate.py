@@ -6,12 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from memento import cli_policy
-
-out = Console(highlight=False, soft_wrap=True, markup=False)
+from memento.cli import options
+from memento.cli.app import app, out, user_errors
 
 TASKS = (
     "aime24, aime25, aime26, math500, gpqa, lcb (hub, or TASK:FILE for a local copy), champ, gym:GENERATOR, "
@@ -21,6 +19,8 @@ RUN = ("Compare runs: NAME=MODEL[?policy=full|keepN&restart=true&mask_delimiters
        "baseline). Instead of --model.")  # fmt: skip
 
 
+@app.command("eval")
+@user_errors
 def evaluate(
     task: Annotated[list[str], typer.Option(help=TASKS, metavar="TASK")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder: <run>/<task>/results.jsonl, report.md.")],
@@ -41,12 +41,12 @@ def evaluate(
         int | None, typer.Option(help="Samples per engine call, saved after each [default: 16 reference, 256 vLLM].")
     ] = None,
     device: Annotated[str | None, typer.Option(help="Reference engine: cpu, cuda, cuda:1 [default: cuda?].")] = None,
-    policy: cli_policy.Policy = "keep0",
-    mask_delimiters: cli_policy.MaskDelimiters = False,
-    keep_last_block_for_answer: cli_policy.KeepLastBlock = False,
-    restart: cli_policy.Restart = False,
-    max_block_tokens: cli_policy.MaxBlockTokens = None,
-    max_blocks: cli_policy.MaxBlocks = None,
+    policy: options.Policy = "keep0",
+    mask_delimiters: options.MaskDelimiters = False,
+    keep_last_block_for_answer: options.KeepLastBlock = False,
+    restart: options.Restart = False,
+    max_block_tokens: options.MaxBlockTokens = None,
+    max_blocks: options.MaxBlocks = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
     """Generate k samples per problem, check them, and report pass@1, pass@k, maj@k with the KV of every sample.
@@ -55,12 +55,12 @@ def evaluate(
     report.md (the paper's Table 1 layout, differences with 95% intervals) and plots into --out. Interrupted? Run the
     same command again: finished samples are kept, the rest are generated.
     """
-    from memento.errors import MementoError
+    from memento.core.errors import MementoError
     from memento.eval.report import RunSpec, describe, parse_run, run_all
 
     if (model is None) == (not run):
         raise MementoError("give either --model DIR or one or more --run NAME=DIR[?policy=...]")
-    pol = cli_policy.policy(policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks)
+    pol = options.policy(policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks)
     if model is not None:
         from dataclasses import asdict
 

@@ -1,0 +1,79 @@
+"""`memento generate`: one prompt through the reference engine, with physical KV eviction."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from memento.cli import options
+from memento.cli.app import app, out, user_errors
+
+STYLES = {"BLOCK": "dim cyan", "SUMMARY": "bold green", "ANSWER": "", "PROMPT": ""}
+
+
+@app.command()
+@user_errors
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The user message (the chat template is applied).")],
+    model: Annotated[Path, typer.Option(help="A Hugging Face model folder with the Memento tokens.")],
+    policy: options.Policy = "keep0",
+    mask_delimiters: options.MaskDelimiters = False,
+    keep_last_block_for_answer: options.KeepLastBlock = False,
+    restart: options.Restart = False,
+    max_block_tokens: options.MaxBlockTokens = None,
+    max_blocks: options.MaxBlocks = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Generation length limit.")] = 1024,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="0 = no top-k cut.")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    add_tokens: Annotated[
+        bool, typer.Option(help="Add missing Memento tokens (untrained embeddings: for plumbing tests only).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print text, trace and statistics as JSON.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write the KV timeline (memento vs full) to this PNG.")] = None,
+):
+    """Generate with physical KV eviction (the reference engine) and report the KV it held."""
+    from rich.text import Text
+
+    from memento.core.chat import encode_chat
+    from memento.core.kv import compare, plot_sawtooth
+    from memento.core.spans import Kind, label
+    from memento.engine.generate import ReferenceEngine
+    from memento.engine.sampling import Sampling
+
+    pol = options.policy(policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks)
+    sampling = Sampling(max_new_tokens, temperature, top_p, top_k, seed, tuple(stop or ()))
+    engine = ReferenceEngine.from_pretrained(model, pol, device=device, add_tokens=add_tokens)
+    (result,) = engine.generate(prompt, sampling)
+    data = result.to_dict() | {"policy": policy}
+    if plot is not None:
+        encoded = encode_chat(engine.tokenizer, prompt)
+        fed = encoded.ids + (result.ids if result.finish_reason == "forced" else result.ids[:-1])
+        spans = label(fed, engine.special, encoded.completion_start, strict=False)
+        comparison = compare(spans, pol, engine.geometry, encoded.completion_start)
+        data["plot"] = str(plot_sawtooth(comparison, plot, f"{model.name}, {policy}"))
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    spans = label(engine.encode(prompt) + result.ids, engine.special, len(engine.encode(prompt)), strict=False)
+    text = Text()
+    start = len(spans) - len(result.ids)
+    for token, kind in zip(result.ids, spans.kind[start:], strict=True):
+        piece = engine.tokenizer.decode([token], skip_special_tokens=False)
+        text.append(piece, style=STYLES.get(Kind(kind).name, "magenta"))
+    out.print(text)
+    s = result.stats
+    out.rule("KV")
+    out.print(
+        f"{s.generated_tokens} tokens ({result.finish_reason}), {s.blocks} blocks, {s.evictions} evictions freeing "
+        f"{s.evicted_tokens} tokens; KV peak {s.peak_kv_tokens} tokens ({s.peak_kv_bytes / 2**20:.2f} MiB), "
+        f"final {s.final_kv_tokens}; {s.ms_per_token:.1f} ms/token"
+    )
+    if plot is not None:
+        out.print(f"plot: {data['plot']}")

@@ -1,0 +1,30 @@
+"""A boolean attention mask in the form a model's attention implementation reads correctly.
+
+Shared by training (`memento.train.masks`) and the reference engine's cache (`memento.engine.cache`), which both
+hand transformers an explicit (B, 1, Q, K) mask.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from memento.core.errors import MementoError
+
+
+def for_model(model, mask: torch.Tensor) -> torch.Tensor:
+    """A boolean (B, 1, Q, K) mask (True = attend) as `model` must receive it.
+
+    sdpa and `memento_sdpa` (see `attention.py`) take booleans; eager *adds* its mask to the scores, so a boolean
+    would be silently misread (True becomes +1, nothing is masked): it gets 0 / dtype-min instead.
+    """
+    impl = attention_implementation(model)
+    if impl in ("sdpa", "memento_sdpa"):
+        return mask
+    if impl == "eager":
+        dtype = next(model.parameters()).dtype
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+    raise MementoError(f"attention implementation '{impl}' cannot take a dense Memento mask; use sdpa or eager")
+
+
+def attention_implementation(model) -> str:
+    return getattr(model.config, "_attn_implementation", None) or "eager"
