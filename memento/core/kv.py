@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from memento.core.errors import MementoError
+from memento.core.plots import pyplot, save
 from memento.core.policy import NEVER, EvictionPolicy, eviction_schedule
 from memento.core.spans import Kind, Spans
 
@@ -164,11 +165,7 @@ def compare(spans: Spans, policy: EvictionPolicy, geometry: KVGeometry, completi
 
 def plot_sawtooth(comparison: Comparison, path: str | Path, title: str = "") -> Path:
     """PNG of KV held vs generated tokens, full attention vs Memento (the sawtooth)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     start = comparison.full.completion_start
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
     for name, rep, style in (("full attention", comparison.full, "--"), ("Memento", comparison.memento, "-")):
@@ -179,9 +176,4 @@ def plot_sawtooth(comparison: Comparison, path: str | Path, title: str = "") -> 
     ax.set_title(title or "KV cache held during generation")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)

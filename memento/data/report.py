@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from memento.core.plots import pyplot, save
 from memento.data.judge import PASS
 
 
@@ -96,11 +97,6 @@ def write_report(out: Path, records: list[dict], config) -> dict:
 
 
 def _plots(out: Path, ok: list[dict]) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not ok:
         return []
     panels = {
@@ -113,13 +109,9 @@ def _plots(out: Path, ok: list[dict]) -> list[Path]:
         ),
         "judge score, last round": ([x for s in ok for x in s["judge_rounds"][-1]],),
     }
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), dpi=100)
+    fig, axes = pyplot().subplots(2, 3, figsize=(12, 6.5), dpi=100)
     for ax, (title, series) in zip(axes.flat, panels.items(), strict=True):
         for values in series:
             ax.hist(values, bins=20, alpha=0.7)
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = out / "histograms.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return [path]
+    return [save(fig, out / "histograms.png")]

@@ -26,6 +26,7 @@ import numpy as np
 
 from memento.core.errors import MementoError
 from memento.core.intervals import paired_scores
+from memento.core.plots import pyplot, save
 from memento.core.policy import EvictionPolicy
 from memento.eval.run import EvalSettings, evaluate, per_problem, problems_of, records_of, score
 
@@ -151,24 +152,12 @@ def differences(runs: list[RunSpec], tasks: list[str], summaries: dict, records:
 
 
 def _save(fig, path: Path) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    _plt().close(fig)
-    return str(path)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return str(save(fig, path, dpi=120))
 
 
 def plot_accuracy(result: dict, path: Path) -> str:
     """pass@1 (95% interval) against mean peak KV: one colour per run, one marker per task."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     names = [r["name"] for r in result["runs"]]
     markers = "osD^v<>p*h"
@@ -188,7 +177,7 @@ def plot_accuracy(result: dict, path: Path) -> str:
 
 def plot_distributions(records: dict, path: Path) -> str:
     """Blocks per sample and memento lengths, per run (all tasks together)."""
-    plt = _plt()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 3.8))
     runs = list(dict.fromkeys(name for name, _ in records))
     top = max((t for group in records.values() for r in group for t in r.get("memento_tokens", [])), default=0)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from memento.core.plots import pyplot, save
 from memento.toy.experiments import BY_NAME, Accuracy, restart_effect
 
 PAPER = {
@@ -20,15 +21,6 @@ PAPER = {
     "seven blocks away (chance 10%); Qwen3-8B: direct 65.2%, masked 26.7%, causal control 10.8%",
     "kv": "2-3x lower peak KV on competition math (Qwen3-8B: 2.71 -> 1.08 GB)",
 }
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def pct(x: float) -> str:
@@ -79,7 +71,7 @@ def markdown_table(rows: list[dict]) -> list[str]:
 
 
 def plot_accuracy(rows: list[dict], path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
     x = np.arange(len(rows))
     for offset, key, ci, label in ((-0.2, "accuracy_full", "ci_full", "full attention"),
@@ -96,11 +88,11 @@ def plot_accuracy(rows: list[dict], path: Path) -> Path:
     ax.set_ylim(0, 105)
     ax.legend()
     ax.set_title("Accuracy by model and decoding (95% intervals)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_probe(leak: dict, path_layers: Path, path_distance: Path) -> tuple[Path, Path]:
-    plt = _plt()
+    plt = pyplot()
     evict, restart = leak["evict"], leak["restart"]
     b = evict.block
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
@@ -114,7 +106,7 @@ def plot_probe(leak: dict, path_layers: Path, path_distance: Path) -> tuple[Path
     ax.set_ylabel("probe accuracy (%)")
     ax.set_title("Passcode in block 2, read from memento KV, by layer")
     ax.legend(fontsize=8)
-    first = _save(fig, path_layers)
+    first = save(fig, path_layers)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     distances = np.arange(evict.accuracy.shape[1] - b)
     for result, style, label in ((evict, "o-", "eviction"), (restart, "s--", "restart mode")):
@@ -125,12 +117,12 @@ def plot_probe(leak: dict, path_layers: Path, path_distance: Path) -> tuple[Path
     ax.set_ylabel("probe accuracy (%)")
     ax.set_title("The ghost trace by distance")
     ax.legend(fontsize=8)
-    return first, _save(fig, path_distance)
+    return first, save(fig, path_distance)
 
 
 def plot_sawtooth(timelines: dict[str, list[int]], path: Path) -> Path:
     """KV tokens held while generating one problem, per model/decoding (`timelines`: label -> KV timeline)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
     for label, timeline in timelines.items():
         ax.plot(np.arange(len(timeline) - 1), timeline[1:], label=f"{label} (peak {max(timeline)})")
@@ -139,12 +131,12 @@ def plot_sawtooth(timelines: dict[str, list[int]], path: Path) -> Path:
     ax.set_title("KV cache during generation of one problem")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_curves(logs: dict[str, Path], path: Path) -> Path:
     """Training loss over optimizer steps per variant (from each run's log.jsonl)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
     for name, log in logs.items():
         if not log.exists():
@@ -158,15 +150,7 @@ def plot_curves(logs: dict[str, Path], path: Path) -> Path:
     ax.set_ylabel("training loss")
     ax.set_title("Training curves (the curriculum switches to block masking half-way)")
     ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    _plt().close(fig)
-    return path
+    return save(fig, path)
 
 
 def comparisons(results: list[Accuracy]) -> dict:

@@ -32,6 +32,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 
 from memento.core.errors import MementoError
 from memento.core.format import Block, Trace, render
+from memento.core.plots import pyplot, save
 from memento.core.policy import EvictionPolicy
 from memento.engine.vllm.scheduler import MementoScheduler
 
@@ -241,11 +242,7 @@ def compare(model: str, work: Workload, *, policy: EvictionPolicy, pages: int | 
 
 def plot(result: dict, path: Path) -> Path:
     """KV pages in use and running requests over time, both engines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     s = result["settings"]
     fig, (kv, run) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, height_ratios=(2, 1))
     for (name, samples), color in zip(result["series"].items(), ("tab:gray", "tab:blue"), strict=True):
@@ -260,11 +257,7 @@ def plot(result: dict, path: Path) -> Path:
     kv.set_title(f"{s['requests']} requests, same KV pool ({s['kv_pool_tokens']} tokens): Memento "
                  f"{r['throughput']:.2f}x output tokens/s")  # fmt: skip
     kv.legend(loc="upper right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=110)
 
 
 def report(result: dict, command: str) -> list[str]:
