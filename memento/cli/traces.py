@@ -89,7 +89,7 @@ def kv(
     lenient: Annotated[bool, typer.Option(help="Recover what parses from malformed responses.")] = False,
 ):
     """Peak KV and KV AUC of traces under a Memento policy vs full attention, by token replay."""
-    from memento.core.kv import PRESETS, KVGeometry, compare, plot_sawtooth, preset
+    from memento.core.kv import average, compare, geometry_of, plot_sawtooth
     from memento.core.policy import EvictionPolicy
     from memento.tokenizer import load_tokenizer
 
@@ -97,26 +97,16 @@ def kv(
         mask_delimiters=mask_delimiters, keep_last_block_for_answer=keep_last_block_for_answer, restart=restart
     )
     pol = EvictionPolicy.named(policy, **flags)
-    if model in PRESETS or not Path(model).is_dir():
-        geometry = preset(model)
-        tok_spec = tokenizer or geometry.tokenizer or "qwen"
-        if tokenizer is None and geometry.tokenizer is None:
-            err.print(f"note: no offline tokenizer for {model}; counting tokens with the Qwen3 vocabulary")
-    else:
-        from transformers import AutoConfig
-
-        try:
-            geometry = KVGeometry.from_config(AutoConfig.from_pretrained(model), name=Path(model).name)
-        except (OSError, ValueError) as e:
-            raise MementoError(f"{model}: cannot read the model config: {e}") from None
-        tok_spec = tokenizer or model
+    geometry, tok_spec, note = geometry_of(model, tokenizer)
+    if note:
+        err.print(f"note: {note}")
     traces = _load_traces(path, lenient)
     if not 0 <= index < len(traces):
         raise MementoError(f"--index {index} is out of range: {path} has {len(traces)} trace(s)")
     labelled = _labelled(traces, load_tokenizer(tok_spec), as_json)
     comparisons = [compare(lab.spans, pol, geometry, lab.encoded.completion_start) for lab in labelled]
     per_trace = [c.summary() for c in comparisons]
-    result = _mean_summary(per_trace)
+    result = average(per_trace)
     result |= {
         "model": geometry.name,
         "bytes_per_token": geometry.bytes_per_token,
@@ -143,15 +133,3 @@ def kv(
     )
     if plot is not None:
         out.print(f"plot: {result['plot']}")
-
-
-def _mean_summary(per_trace: list[dict]) -> dict:
-    """Mean bytes over traces; ratios of the means (as the paper's averaged peak-KV table)."""
-    n = len(per_trace)
-    mean = {k: sum(t[k] for t in per_trace) / n for k in per_trace[0] if not k.endswith("ratio")}
-    for k in ("full_peak_bytes", "memento_peak_bytes", "full_peak_tokens", "memento_peak_tokens", "evicted_tokens"):
-        mean[k] = round(mean[k])
-    mean["peak_ratio"] = mean["full_peak_bytes"] / max(mean["memento_peak_bytes"], 1)
-    auc = mean["memento_auc_gb_ktok"]
-    mean["auc_ratio"] = mean["full_auc_gb_ktok"] / auc if auc else float("inf")
-    return {"n_traces": n, **mean}

@@ -94,6 +94,54 @@ def preset(name: str) -> KVGeometry:
     return PRESETS[name]
 
 
+class Resolved(NamedTuple):
+    geometry: KVGeometry
+    tokenizer: str  # what counts the tokens: qwen | smollm2 | a model folder
+    note: str | None  # said to the user when a stand-in tokenizer counts
+
+
+def geometry_of(model: str, tokenizer: str | None = None) -> Resolved:
+    """The KV geometry of a preset name or a Hugging Face model folder, and the tokenizer that counts its tokens
+    (`tokenizer` if given, else the preset's own, else the folder's; Qwen3 stands in for presets without one)."""
+    if model in PRESETS or not Path(model).is_dir():
+        geometry = preset(model)
+        if tokenizer or geometry.tokenizer:
+            return Resolved(geometry, tokenizer or geometry.tokenizer, None)
+        return Resolved(
+            geometry, "qwen", f"no offline tokenizer for {model}; counting tokens with the Qwen3 vocabulary"
+        )
+    from transformers import AutoConfig
+
+    try:
+        geometry = KVGeometry.from_config(AutoConfig.from_pretrained(model), name=Path(model).name)
+    except (OSError, ValueError) as e:
+        raise MementoError(f"{model}: cannot read the model config: {e}") from None
+    return Resolved(geometry, tokenizer or model, None)
+
+
+def average(summaries: list[dict]) -> dict:
+    """Mean of per-trace `Comparison.summary()`s; ratios of the means (as the paper's averaged peak-KV table)."""
+    n = len(summaries)
+    mean = {k: sum(t[k] for t in summaries) / n for k in summaries[0] if not k.endswith("ratio")}
+    for k in ("full_peak_bytes", "memento_peak_bytes", "full_peak_tokens", "memento_peak_tokens", "evicted_tokens"):
+        mean[k] = round(mean[k])
+    mean["peak_ratio"] = mean["full_peak_bytes"] / max(mean["memento_peak_bytes"], 1)
+    auc = mean["memento_auc_gb_ktok"]
+    mean["auc_ratio"] = mean["full_auc_gb_ktok"] / auc if auc else float("inf")
+    return {"n_traces": n, **mean}
+
+
+def auc_ktok(held) -> float:
+    """The KV AUC in token x ktok: the KV tokens held after each generated token, summed, / 1000 (the one
+    definition every engine, report and replay uses)."""
+    return float(np.sum(held)) / 1e3
+
+
+def auc_gb_ktok(held_bytes) -> float:
+    """The KV AUC in GB x ktok: the bytes held after each generated token, summed, / 1e9 / 1000."""
+    return float(np.sum(held_bytes)) / 1e9 / 1e3
+
+
 class Replay(NamedTuple):
     """KV occupancy of one sequence under one policy; index t = after token t was fed."""
 
@@ -112,7 +160,7 @@ class Replay(NamedTuple):
 
     @property
     def auc_gb_ktok(self) -> float:
-        return float(self.bytes[self.completion_start :].sum()) / 1e9 / 1e3
+        return auc_gb_ktok(self.bytes[self.completion_start :])
 
 
 def _live(start: np.ndarray, end: np.ndarray, n: int) -> np.ndarray:

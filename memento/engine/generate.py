@@ -24,7 +24,7 @@ import torch
 from memento.core.chat import encode_chat, memento_ids
 from memento.core.errors import MementoError
 from memento.core.format import State
-from memento.core.kv import KVGeometry
+from memento.core.kv import KVGeometry, auc_gb_ktok
 from memento.core.policy import EvictionPolicy
 from memento.core.spans import Kind
 from memento.engine.cache import SlotCache
@@ -240,7 +240,7 @@ class ReferenceEngine:
             final_kv_tokens=timeline[-1],
             peak_kv_bytes=max(timeline) * per_token,
             final_kv_bytes=timeline[-1] * per_token,
-            auc_gb_ktok=float(completion.sum() * per_token) / 1e9 / 1e3,
+            auc_gb_ktok=auc_gb_ktok(completion * per_token),
             seconds=seconds,
             ms_per_token=1000 * seconds / max(len(ids), 1),
             kv_timeline=list(timeline),

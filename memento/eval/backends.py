@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from memento.core.errors import MementoError
+from memento.core.kv import auc_ktok
 from memento.core.policy import EvictionPolicy
 from memento.core.precision import vllm_dtype
 
@@ -83,7 +84,7 @@ class ReferenceBackend:
             s = g.stats
             out.append({"finish_reason": g.finish_reason, "tokens": s.generated_tokens, "blocks": s.blocks,
                         "evicted_tokens": s.evicted_tokens, "peak_kv_tokens": s.peak_kv_tokens,
-                        "auc_kv_ktok": sum(s.kv_timeline[1:]) / 1000, "peak_kv_bytes": s.peak_kv_bytes,
+                        "auc_kv_ktok": auc_ktok(s.kv_timeline[1:]), "peak_kv_bytes": s.peak_kv_bytes,
                         **_sizes(g.ids, None if self.banned else self.engine.special), "text": g.text})  # fmt: skip
         return out
 
@@ -149,7 +150,7 @@ class VLLMBackend:
                                f"{int(timeline.max())}: the engine and the accounting disagree")  # fmt: skip
         return {"finish_reason": done.finish_reason, "tokens": len(completion), "blocks": server["blocks"],
                 "evicted_tokens": server["evicted_tokens"], "peak_kv_tokens": server["peak_kv_tokens"],
-                "auc_kv_ktok": float(timeline[1:].sum()) / 1000,
+                "auc_kv_ktok": auc_ktok(timeline[1:]),
                 "peak_kv_bytes": server["peak_kv_tokens"] * self.geometry.bytes_per_token,
                 **_sizes(completion, self.special),
                 "text": self.tokenizer.decode(completion, skip_special_tokens=False)}  # fmt: skip

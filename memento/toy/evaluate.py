@@ -15,6 +15,7 @@ import numpy as np
 
 from memento.core.format import Trace, recover
 from memento.core.intervals import wilson
+from memento.core.kv import auc_ktok
 from memento.core.policy import EvictionPolicy
 from memento.engine.generate import Generation, ReferenceEngine
 from memento.engine.sampling import Sampling
@@ -59,7 +60,7 @@ def score(traces: list[Trace], generations: list[Generation], seconds: float, pl
         ci=wilson(hits, len(traces)),
         well_formed=float(np.mean(formed)),
         peak_kv_tokens=float(np.mean([s.peak_kv_tokens for s in stats])),
-        auc_ktok=float(np.mean([sum(s.kv_timeline[1:]) / 1000 for s in stats])),
+        auc_ktok=float(np.mean([auc_ktok(s.kv_timeline[1:]) for s in stats])),
         generated_tokens=float(np.mean([s.generated_tokens for s in stats])),
         tokens_per_s=sum(s.generated_tokens for s in stats) / max(seconds, 1e-9),
     )
