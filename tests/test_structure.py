@@ -24,10 +24,7 @@ LAYERS = (  # lowest first
     ("cli",),  # the command line
     ("__main__",),
 )
-ALLOWED = {  # deliberate exceptions: (importer, imported) -> why
-    ("memento.eval.tasks.toy", "memento.toy.evaluate"): "the demo's exact \\boxed{} check, until eval scores the toy "
-    "alone (issue #17: one harness)",
-}
+ALLOWED: dict[tuple[str, str], str] = {}  # deliberate exceptions: (importer, imported) -> why
 
 
 def modules() -> dict[str, Path]:

@@ -35,6 +35,9 @@ def from_spec(spec: str) -> list[Trace]:
         raise MementoError(f"'{spec}': bad parameters: {e}") from None
 
 
+SCORING_PROBLEMS, SCORING_SEED = 256, 10_000  # the held-out problems toy models are scored on (demo --full, eval)
+
+
 def held_out(task: str, n: int, seed: int, **params) -> list[Trace]:
     """`n` traces for scoring or probing: from the problems never trained on, where the task keeps such a split."""
     make = TASKS[task]

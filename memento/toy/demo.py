@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 
 from memento.core.precision import resolve
+from memento.synthetic.tasks import SCORING_PROBLEMS
 from memento.toy import report
 from memento.toy.experiments import BY_NAME, EVICT, FULL, VARIANTS, Size, accuracy, load, probe, recipe, train_variants
 
@@ -36,7 +37,7 @@ SHIPPED = Path(__file__).parent / "checkpoints"
 SIZES = {  # live: every stage at reduced size; shipped: scoring the shipped checkpoints; full: `--full`; tiny: smoke
     "live": Size(train=128, steps=6, batch=16, micro_batch=16, problems=16, probe_traces=300, max_new_tokens=500),
     "shipped": Size(train=0, steps=0, batch=0, micro_batch=0, problems=64, probe_traces=1000),
-    "full": Size(train=12000, steps=600, batch=16, micro_batch=16, problems=256, probe_traces=3000),
+    "full": Size(train=12000, steps=600, batch=16, micro_batch=16, problems=SCORING_PROBLEMS, probe_traces=3000),
     "tiny": Size(train=32, steps=2, batch=8, micro_batch=8, problems=4, probe_traces=60, max_new_tokens=60),
 }
 

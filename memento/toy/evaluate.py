@@ -7,7 +7,6 @@ the paired difference of two runs on the same problems).
 
 from __future__ import annotations
 
-import re
 import time
 from typing import NamedTuple
 
@@ -19,14 +18,9 @@ from memento.core.kv import auc_ktok
 from memento.core.policy import EvictionPolicy
 from memento.engine.generate import Generation, ReferenceEngine
 from memento.engine.sampling import Sampling
+from memento.eval.check import last_boxed
 
-BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-
-
-def boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` in `text`, or None."""
-    found = BOXED.findall(text)
-    return found[-1].strip() if found else None
+boxed = last_boxed  # the one \\boxed{} parser (memento.eval.check): the last closed box, nested braces kept
 
 
 class Scores(NamedTuple):

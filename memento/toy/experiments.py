@@ -26,7 +26,7 @@ import yaml
 
 from memento.core.intervals import Difference, paired_difference
 from memento.core.policy import EvictionPolicy
-from memento.synthetic.tasks import held_out
+from memento.synthetic.tasks import SCORING_SEED, held_out
 from memento.toy.evaluate import Scores, evaluate
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,9 @@ class Accuracy(NamedTuple):
     restart: Scores | None = None
 
 
-def accuracy(folders: dict, task: str, size: Size, seed: int = 10_000, restart_for=("curriculum",)) -> list[Accuracy]:
+def accuracy(
+    folders: dict, task: str, size: Size, seed: int = SCORING_SEED, restart_for=("curriculum",)
+) -> list[Accuracy]:
     """Score every model on the same problems, drawn from those never trained on (`tasks.held_out`)."""
     problems = held_out(task, size.problems, seed)
     out = []

@@ -3,9 +3,9 @@
 The problems are `memento.synthetic.tasks.held_out(NAME, SIZE, SEED)`, the ones the demo draws for scoring (never
 trained on): evaluating a shipped checkpoint with `--limit 64` scores the problems of `make demo`, with the full 256
 those of `memento demo --full`. The check is the demo's own: the last `\\boxed{...}` of the whole completion must
-equal the reference's, character for character (`memento.toy.evaluate.boxed`), so that `memento eval` reproduces
-the demo's accuracy rather than a near neighbour of it. Decode as the demo does: greedy, and for the Memento models
-`--policy keep0 --mask-delimiters`.
+equal the reference's, character for character (`memento.eval.check.last_boxed`, as in the demo), so that
+`memento eval` reproduces the demo's accuracy rather than a near neighbour of it. Decode as the demo does: greedy,
+and for the Memento models `--policy keep0 --mask-delimiters`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from __future__ import annotations
 from functools import cache
 
 from memento.core.errors import MementoError
-from memento.eval.check import Verdict
+from memento.eval.check import Verdict, last_boxed
 from memento.eval.tasks import Problem, Task, register
+from memento.synthetic.tasks import SCORING_PROBLEMS, SCORING_SEED
 
-SIZE, SEED = 256, 10_000  # memento.toy.demo's full-size scoring set and memento.toy.experiments.accuracy's seed
+SIZE, SEED = SCORING_PROBLEMS, SCORING_SEED  # the demo's full-size scoring set
 
 
 @cache
@@ -38,14 +39,11 @@ class Toy(Task):
         self.toy, self.name = name, f"toy:{name}"
 
     def problems(self) -> list[Problem]:
-        from memento.toy.evaluate import boxed
-
         return [
-            Problem(f"{self.toy}/{i}", t.problem, boxed(t.answer) or t.answer) for i, t in enumerate(_traces(self.toy))
+            Problem(f"{self.toy}/{i}", t.problem, last_boxed(t.answer) or t.answer)
+            for i, t in enumerate(_traces(self.toy))
         ]
 
     def check(self, problem: Problem, completion: str) -> Verdict:
-        from memento.toy.evaluate import boxed
-
-        answer = boxed(completion)
+        answer = last_boxed(completion)
         return Verdict(answer, answer is not None and answer == problem.reference)
