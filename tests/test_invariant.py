@@ -76,7 +76,10 @@ def check(model, tokenizer, trace, policy):
     full = masked_logits(model, encoded.ids, spans, policy)
     incremental, (_rows, cache) = evicted_logits(model, special, encoded, policy)
     diff = (full - incremental).abs().amax(-1)
-    assert float(diff.max()) <= TOL, f"position {int(diff.argmax())} differs by {float(diff.max()):.2e}"
+    # fp32 sums in another order (one forward vs token-by-token decoding) differ in proportion to the logits: a real
+    # model's reach ~40 (SmolLM2: 0.8-1.1e-4 apart here), an eviction error shows as ~20 (a wrong policy: 22.3).
+    tol = TOL * max(1.0, float(full.abs().max()) / 10)
+    assert float(diff.max()) <= tol, f"position {int(diff.argmax())} differs by {float(diff.max()):.2e} > {tol:.1e}"
     cache.check_integrity()
     schedule = eviction_schedule(spans, policy)
     survivors = np.flatnonzero(schedule > len(encoded.ids))
