@@ -23,18 +23,28 @@ def test_forced_choices_and_bad_names():
 
 def test_auto_follows_the_cpu_flags():
     choice = resolve("auto")
-    native = torch.backends.cpu.get_cpu_capability().startswith("AVX512") and (
-        torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    from memento.core.precision import _onednn_capped
+
+    native = (
+        torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+        and (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+        and _onednn_capped() is None
     )
     assert choice.precision == ("bf16" if native else "fp32")
-    assert choice.reason.startswith("auto: CPU capability")
+    assert choice.reason.startswith(("auto: CPU capability", "auto: ONEDNN_MAX_CPU_ISA", "auto: DNNL_MAX_CPU_ISA"))
 
 
 def test_a_onednn_cap_below_avx512_means_fp32(monkeypatch):
+    from memento.core.precision import _onednn_capped
+
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    assert resolve("auto") == ("fp32", "auto: ONEDNN_MAX_CPU_ISA=AVX2: oneDNN cannot use its bf16 kernels")
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
-    assert resolve("auto").reason != "auto: ONEDNN_MAX_CPU_ISA=ALL: oneDNN cannot use its bf16 kernels"
+    assert _onednn_capped() == "ONEDNN_MAX_CPU_ISA=AVX2"
+    assert resolve("auto").precision == "fp32"
+    if torch.backends.cpu.get_cpu_capability().startswith("AVX512"):  # else the capability is the first reason
+        assert resolve("auto").reason == "auto: ONEDNN_MAX_CPU_ISA=AVX2: oneDNN cannot use its bf16 kernels"
+    for uncapped in ("ALL", "AVX512_CORE_AMX", "avx512_core_bf16"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", uncapped)
+        assert _onednn_capped() is None, uncapped
 
 
 def test_the_avx2_code_path_chooses_fp32():

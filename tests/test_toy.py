@@ -85,7 +85,7 @@ def test_orbit_cuts_peak_kv_by_more_than_3x_and_digits_barely(chars):
             memento = label_trace(trace, chars)
             control = label_trace(trace, chars, plain=True)
             full = replay(control.spans, EvictionPolicy(-1), geometry).peak_tokens
-            evicted = replay(memento.core.spans, TOY_POLICY, geometry).peak_tokens
+            evicted = replay(memento.spans, TOY_POLICY, geometry).peak_tokens
             ratios.append(full / evicted)
         assert low < np.mean(ratios) < high
 

@@ -233,14 +233,14 @@ def test_make_llm_from_a_plain_script_with_no_environment(tmp_path):
         f"    llm = make_llm({str(TOY)!r}, dtype='float32')\n"
         "    out = llm.generate(['Hello'], use_tqdm=False)[0].outputs[0]\n"
         "    names = ('VLLM_USE_V2_MODEL_RUNNER', 'VLLM_CPU_KVCACHE_SPACE', 'VLLM_CACHE_ROOT')\n"
-        "    print(json.dumps({'tokens': len(out.token_ids), **{n: os.environ.get(n) for n in names}}))\n"
+        "    print('RESULT', json.dumps({'tokens': len(out.token_ids), **{n: os.environ.get(n) for n in names}}))\n"
         "    llm.llm_engine.engine_core.shutdown()\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
     env["VLLM_CACHE_ROOT"] = str(tmp_path / "cache")
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert result["tokens"] > 0
     assert result["VLLM_USE_V2_MODEL_RUNNER"] == "0" and 1 <= int(result["VLLM_CPU_KVCACHE_SPACE"]) <= 8
     assert result["VLLM_CACHE_ROOT"] == str(tmp_path / "cache"), "the user's own setting is kept"
