@@ -131,6 +131,15 @@ def char_tokenizer():
     return tokenizer
 
 
+def give_memento_tokens(model, tokenizer) -> list[str]:
+    """Add the Memento tokens `tokenizer` lacks (keeping its own chat template) and initialise their embeddings in
+    `model` (untrained: for plumbing and throughput work). Returns the tokens added."""
+    added = add_memento_tokens(tokenizer, chat_template=tokenizer.chat_template)
+    if added:
+        init_memento_embeddings(model, tokenizer, added)
+    return added
+
+
 def smollm2_memento_dir() -> Path:
     """SmolLM2-135M-Instruct with the six Memento tokens added (embeddings initialised, not trained): a real model
     of realistic cost for plumbing and throughput work driven by teacher forcing, not for accuracy. Built once."""
@@ -142,9 +151,7 @@ def smollm2_memento_dir() -> Path:
 
         tokenizer = AutoTokenizer.from_pretrained(assets.smollm2_dir())
         model = AutoModelForCausalLM.from_pretrained(assets.smollm2_dir(), dtype=torch.float32)
-        added = add_memento_tokens(tokenizer, chat_template=tokenizer.chat_template)
-        if added:
-            init_memento_embeddings(model, tokenizer, added)
+        give_memento_tokens(model, tokenizer)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
 

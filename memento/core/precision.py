@@ -1,8 +1,9 @@
 """Which floating-point precision to train and run in on this machine: `auto` picks bf16 only where it is fast.
 
 Why: bf16 is not a free win on CPU. With native bf16 instructions (AVX512-BF16 or AMX) oneDNN runs bf16 GEMMs at
-~2x fp32; on an AVX2-only CPU (many AMD EPYC machines) PyTorch falls back to a scalar path that was measured ~6x
-*slower* than fp32 for the same training step (`benchmarks/cpu_dtype.py` records both on each machine). So:
+~1.4-2x fp32; on an AVX2-only CPU (many AMD EPYC machines) PyTorch falls back to a scalar path: a training step was
+~6x *slower* than fp32 on such a CPU, 11-31x with the AVX2 path forced on an AVX512 one (`benchmarks/cpu_dtype.py`
+records both on each machine). So:
 
     cuda   bf16 where the GPU supports it (Ampere and later), fp32 otherwise
     cpu    bf16 when ATen runs its AVX512 kernels (`torch.backends.cpu.get_cpu_capability()`, which honours

@@ -92,7 +92,7 @@ class ReferenceEngine:
         """Load a model folder. `add_tokens` adds missing Memento tokens (untrained: for plumbing tests only)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from memento.tokenizer import add_memento_tokens, init_memento_embeddings
+        from memento.tokenizer import give_memento_tokens
 
         path = Path(path)
         if not path.is_dir():
@@ -100,9 +100,7 @@ class ReferenceEngine:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
         if add_tokens:
-            added = add_memento_tokens(tokenizer, chat_template=tokenizer.chat_template)
-            if added:
-                init_memento_embeddings(model, tokenizer, added)
+            give_memento_tokens(model, tokenizer)
         return cls(model, tokenizer, policy)
 
     def encode(self, prompt: str) -> list[int]:

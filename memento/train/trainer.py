@@ -303,6 +303,4 @@ class Trainer:
 
 def train(config: TrainConfig, resume: bool | str = False, progress: bool = True, on_step=None) -> Run:
     """Run every stage of `config` (see `Trainer`); `on_step(global_step, record)` is called after each step."""
-    trainer = Trainer(config, progress)
-    log.info("precision: %s (%s)", *trainer.precision)
-    return trainer.run(resume, on_step)
+    return Trainer(config, progress).run(resume, on_step)

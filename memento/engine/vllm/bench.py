@@ -209,7 +209,7 @@ def compare(model: str, work: Workload, *, policy: EvictionPolicy, pages: int | 
     from memento.core.precision import resolve
 
     if dtype == "auto":
-        dtype = {"bf16": "bfloat16", "fp32": "float32"}[resolve("auto").precision]
+        dtype = str(resolve("auto").dtype).removeprefix("torch.")  # bfloat16 | float32
     pages = pages or math.ceil(4 * work.longest / block_size)
     if pages * block_size < work.longest:
         raise MementoError(f"a pool of {pages} pages x {block_size} cannot hold the longest request "
