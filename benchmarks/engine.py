@@ -13,14 +13,16 @@ blocks (8 terms each) and short mementos, so every request really evicts; the mo
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import torch
 from results_file import header, write  # benchmarks/results_file.py (scripts run from benchmarks/)
 
-from memento.core.chat import encode_chat
+from memento.core.chat import encode_chat, memento_ids
 from memento.core.format import render
 from memento.core.policy import EvictionPolicy
-from memento.engine.generate import ReferenceEngine
+from memento.engine.batch import Engine
+from memento.engine.reference import Decoder
 from memento.synthetic.sums import sums_traces
 from memento.tokenizer import char_tokenizer
 
@@ -37,10 +39,11 @@ def model(vocab: int):
     return LlamaForCausalLM(config).eval()
 
 
-def timed_evictions(engine: ReferenceEngine) -> list[float]:
-    """Wrap the decoder's eviction to record its wall time (benchmark instrumentation only)."""
+@contextmanager
+def timed_evictions():
+    """Record the wall time of every eviction while inside (benchmark instrumentation only)."""
     spent: list[float] = []
-    evict = engine.decoder.evict
+    evict = Decoder.evict
 
     def wrapper(*args):
         start = time.perf_counter()
@@ -48,8 +51,11 @@ def timed_evictions(engine: ReferenceEngine) -> list[float]:
         spent.append(time.perf_counter() - start)
         return redo
 
-    engine.decoder.evict = wrapper
-    return spent
+    Decoder.evict = wrapper
+    try:
+        yield spent
+    finally:
+        Decoder.evict = evict
 
 
 def main() -> None:
@@ -59,18 +65,18 @@ def main() -> None:
     traces = sums_traces(REQUESTS, seed=0, blocks=(4, 6), terms=8)
     encoded = [encode_chat(tokenizer, t.problem, render(t)) for t in traces]
     forced = [e.ids[e.completion_start :] for e in encoded]
-    prompts = [t.problem for t in traces]
+    prompts = [e.ids[: e.completion_start] for e in encoded]
     tokens = sum(len(f) for f in forced)
     rows, data = [], {"requests": REQUESTS, "completion_tokens": tokens, "runs": []}
     for name, policy in POLICIES.items():
         for batch in (1, 4, 16):
-            engine = ReferenceEngine(net, tokenizer, policy)
-            spent = timed_evictions(engine)
-            engine.generate(prompts[:2], force=forced[:2], batch_size=batch)  # warm-up
-            spent.clear()
-            start = time.perf_counter()
-            out = engine.generate(prompts, force=forced, batch_size=batch)
-            seconds = time.perf_counter() - start
+            engine = Engine(net, memento_ids(tokenizer), policy)
+            with timed_evictions() as spent:
+                engine.generate(prompts[:2], force=forced[:2], batch_size=batch)  # warm-up
+                spent.clear()
+                start = time.perf_counter()
+                out = engine.generate(prompts, force=forced, batch_size=batch)
+                seconds = time.perf_counter() - start
             evictions = sum(g.stats.evictions for g in out)
             peak = max(g.stats.peak_kv_tokens for g in out)
             run = {

@@ -15,7 +15,7 @@ from memento.core.kv import replay
 from memento.core.policy import EvictionPolicy, eviction_schedule
 from memento.core.spans import Kind, label
 from memento.engine.generate import ReferenceEngine
-from memento.engine.reference import Decoder
+from memento.engine.reference import Decoder, teacher_force
 from memento.engine.sampling import Sampling
 from memento.synthetic.sums import sums_traces
 
@@ -82,9 +82,8 @@ def test_batched_eviction_equals_teacher_forcing_one_by_one(chars, model, name):
     encoded, forced = completions(chars, traces)
     engine = ReferenceEngine(model, chars, policy)
     out = engine.generate([t.problem for t in traces], force=forced, return_logits=True, batch_size=2)
-    decoder = Decoder(model, memento_ids(chars), policy)
     for e, g in zip(encoded, out, strict=True):
-        ref = decoder.teacher_force(e.ids, e.completion_start)[e.completion_start - 1 :]
+        ref = teacher_force(model, memento_ids(chars), policy, e.ids, e.completion_start)[0][e.completion_start - 1 :]
         assert g.finish_reason == "forced" and g.ids == e.ids[e.completion_start :]
         assert float((g.logits - ref).abs().max()) <= 1e-4
 
@@ -112,9 +111,13 @@ def test_cache_holds_exactly_the_survivors_after_every_step(chars, model, name):
     spans = label(e.ids, memento_ids(chars), e.completion_start)
     schedule = eviction_schedule(spans, policy)
     decoder = Decoder(model, memento_ids(chars), policy)
-    rows, cache, _ = decoder.prefill([e.ids[: e.completion_start]])
+    decoder.start(0, e.ids[: e.completion_start])
+    decoder.forward()
+    cache = decoder.cache
     for t in range(e.completion_start, len(e.ids)):
-        decoder.step(rows, cache, [e.ids[t]])
+        decoder.push(0, e.ids[t])
+        decoder.settle()
+        decoder.forward()
         cache.check_integrity()
         alive = np.flatnonzero(schedule[: t + 1] > t)
         assert sorted(cache.index[0].tolist()) == alive.tolist(), f"after token {t}"

@@ -17,7 +17,7 @@ from test_format import traces
 from memento.core.chat import label_trace, memento_ids
 from memento.core.policy import EvictionPolicy, eviction_schedule
 from memento.core.spans import Kind
-from memento.engine.reference import Decoder
+from memento.engine.reference import teacher_force
 from memento.tokenizer import load_tokenizer
 from memento.train.masks import model_mask
 
@@ -65,16 +65,15 @@ def masked_logits(model, ids, spans, policy) -> torch.Tensor:
 
 
 def evicted_logits(model, special, encoded, policy):
-    decoder = Decoder(model, special, policy)
-    logits = decoder.teacher_force(encoded.ids, encoded.completion_start)
-    return logits, decoder.last
+    logits, decoder = teacher_force(model, special, policy, encoded.ids, encoded.completion_start)
+    return logits, decoder.cache
 
 
 def check(model, tokenizer, trace, policy):
     encoded, spans = label_trace(trace, tokenizer)
     special = memento_ids(tokenizer)
     full = masked_logits(model, encoded.ids, spans, policy)
-    incremental, (_rows, cache) = evicted_logits(model, special, encoded, policy)
+    incremental, cache = evicted_logits(model, special, encoded, policy)
     diff = (full - incremental).abs().amax(-1)
     # fp32 sums in another order (one forward vs token-by-token decoding) differ in proportion to the logits: a real
     # model's reach ~40 (SmolLM2: 0.8-1.1e-4 apart here), an eviction error shows as ~20 (a wrong policy: 22.3).
@@ -119,12 +118,12 @@ def test_restart_equals_forward_where_mementos_cannot_see_their_block(tiny_model
     encoded, spans = label_trace(small_trace(3), tokenizer)
     special = memento_ids(tokenizer)
     full = masked_logits(tiny_model, encoded.ids, spans, restart)
-    incremental, (_, cache) = evicted_logits(tiny_model, special, encoded, restart)
+    incremental, cache = evicted_logits(tiny_model, special, encoded, restart)
     writing = np.isin(spans.kind, [Kind.BLOCK_END, Kind.SUMMARY_START, Kind.SUMMARY])
     diff = (full - incremental).abs().amax(-1).numpy()
     assert diff[~writing].max() <= TOL
     assert diff[writing].min() > TOL, "memento queries were computed while their block was visible"
-    _, (_, normal_cache) = evicted_logits(tiny_model, special, encoded, normal)
+    _, normal_cache = evicted_logits(tiny_model, special, encoded, normal)
     assert torch.equal(cache.index, normal_cache.index), "restart keeps the same tokens"
     memento = torch.from_numpy(np.flatnonzero((spans.kind == Kind.SUMMARY) & (spans.block == 0)))
     slots = torch.isin(cache.index[0], memento)

@@ -9,7 +9,7 @@ import torch
 
 from memento.core.chat import label_trace, memento_ids
 from memento.core.policy import EvictionPolicy
-from memento.engine.reference import Decoder
+from memento.engine.reference import teacher_force
 from memento.probe.leakage import MEMENTO_KINDS, ProbeConfig, fit_probes, memento_features, split
 from memento.synthetic.orbit import orbit_traces, with_note
 
@@ -21,9 +21,7 @@ def test_features_are_the_engines_cache(chars, char_llama, policy):
     assert features.shape == (3, 2, 5, 2 * 2 * 8)
     for i, trace in enumerate(traces):
         encoded, spans = label_trace(trace, chars)
-        decoder = Decoder(char_llama, memento_ids(chars), policy)
-        decoder.teacher_force(encoded.ids, encoded.completion_start)
-        _, cache = decoder.last
+        cache = teacher_force(char_llama, memento_ids(chars), policy, encoded.ids, encoded.completion_start)[1].cache
         for j in range(5):
             tokens = np.flatnonzero(np.isin(spans.kind, MEMENTO_KINDS) & (spans.block == j))
             slots = torch.isin(cache.index[0], torch.from_numpy(tokens))

@@ -41,9 +41,8 @@ def generate(
     """Generate with physical KV eviction (the reference engine) and report the KV it held."""
     from rich.text import Text
 
-    from memento.core.chat import encode_chat
-    from memento.core.kv import compare, plot_sawtooth
-    from memento.core.spans import Kind, label
+    from memento.core.kv import plot_sawtooth
+    from memento.core.spans import Kind
     from memento.engine.generate import ReferenceEngine
     from memento.engine.sampling import Sampling
 
@@ -53,20 +52,14 @@ def generate(
     (result,) = engine.generate(prompt, sampling)
     data = result.to_dict() | {"policy": policy}
     if plot is not None:
-        encoded = encode_chat(engine.tokenizer, prompt)
-        fed = encoded.ids + (result.ids if result.finish_reason == "forced" else result.ids[:-1])
-        spans = label(fed, engine.special, encoded.completion_start, strict=False)
-        comparison = compare(spans, pol, engine.geometry, encoded.completion_start)
-        data["plot"] = str(plot_sawtooth(comparison, plot, f"{model.name}, {policy}"))
+        data["plot"] = str(plot_sawtooth(engine.kv_comparison(result), plot, f"{model.name}, {policy}"))
     if as_json:
         out.print_json(json.dumps(data))
         return
-    spans = label(engine.encode(prompt) + result.ids, engine.special, len(engine.encode(prompt)), strict=False)
     text = Text()
-    start = len(spans) - len(result.ids)
-    for token, kind in zip(result.ids, spans.kind[start:], strict=True):
-        piece = engine.tokenizer.decode([token], skip_special_tokens=False)
-        text.append(piece, style=STYLES.get(Kind(kind).name, "magenta"))
+    kinds = result.spans(engine.special).kind[len(result.prompt_ids) :]
+    for token, kind in zip(result.ids, kinds, strict=True):
+        text.append(engine.decode([token]), style=STYLES.get(Kind(kind).name, "magenta"))
     out.print(text)
     s = result.stats
     out.rule("KV")

@@ -6,8 +6,8 @@ While tokens are produced (sampled, or forced in teacher forcing), each row's `L
 surviving token fed after the first evicted one is then recomputed over what survives, so no retained KV was
 computed while the block was visible; those tokens are fed again in the same forward as the row's next token.
 
-This file holds the mechanics shared by teacher forcing and generation; `generate.py` adds sampling, stopping and
-statistics on top.
+This file holds the mechanics shared by teacher forcing and generation; `batch.py` adds sampling, stopping, refill
+and statistics on top (token ids only), `generate.py` the chat template and the text.
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ class Row:
     evicted_tokens: int = 0
     evictions: int = 0
     kv_timeline: list[int] = field(default_factory=list)  # tokens held after each fed token
+    request: int = 0  # which request of a batch call the row serves
 
     @classmethod
-    def start(cls, prompt: list[int], special: MementoIds, policy: EvictionPolicy) -> Row:
+    def start(cls, prompt: list[int], special: MementoIds, policy: EvictionPolicy, request: int = 0) -> Row:
         n = len(prompt)
-        row = cls(list(prompt), n, Labeller(special, strict=False), EvictionTracker(policy, special))
+        row = cls(list(prompt), n, Labeller(special, strict=False), EvictionTracker(policy, special), request=request)
         row.kind, row.block = [int(Kind.PROMPT)] * n, [-1] * n
         return row
 
@@ -60,74 +61,101 @@ class Row:
 
 
 class Decoder:
-    """Feeds rows through a `SlotCache`, evicting (and in restart mode recomputing) as the policy says."""
+    """Rows in the slots of one `SlotCache`, fed together: `start` a prompt in a slot, `push` a row's next token
+    (evicting first when it closes a memento), `forward` every pending token in one batched call, `finish` a row.
+    Generation (`memento.engine.batch`) and teacher forcing run on these same steps."""
 
-    def __init__(self, model, special: MementoIds, policy: EvictionPolicy):
+    def __init__(self, model, special: MementoIds, policy: EvictionPolicy, slots: int = 1):
         self.model = model
         self.special = special
         self.policy = policy
+        self.cache = SlotCache(model, slots)
+        self.rows: list[Row | None] = [None] * slots
+        self.pending: list[list[int]] = [[] for _ in range(slots)]  # sequence indices to feed, per slot
 
-    @torch.no_grad()
-    def prefill(self, prompts: list[list[int]]) -> tuple[list[Row], SlotCache, torch.Tensor]:
-        """Start rows on their prompts; return them, the cache and the (B, L, V) logits of the prompts."""
-        rows = [Row.start(p, self.special, self.policy) for p in prompts]
-        cache = SlotCache(self.model, len(rows))
-        where = [list(range(len(p))) for p in prompts]
-        logits = cache.feed(prompts, where, where)
-        for row in rows:
-            row.kv_timeline.append(len(row.ids))
-        return rows, cache, logits
+    def start(self, slot: int, prompt: list[int], request: int = 0) -> Row:
+        """Put a new row in `slot`: its prompt is fed at the next `forward`."""
+        row = self.rows[slot] = Row.start(prompt, self.special, self.policy, request)
+        self.pending[slot] = list(range(len(prompt)))
+        return row
 
-    @torch.no_grad()
-    def step(self, rows: list[Row], cache: SlotCache, tokens: list[int | None]) -> torch.Tensor:
-        """Feed one token per row (None: the row is done and feeds nothing); return (B, V) logits.
+    def push(self, slot: int, token: int) -> None:
+        """Append the row's next token, to be fed at the next `forward`."""
+        self.schedule(slot, self.rows[slot].add(token))
 
-        Evictions the new tokens trigger happen first; in restart mode the tokens to recompute go into the same
-        forward, ahead of the new token.
-        """
-        chunks: list[list[int]] = [[] for _ in rows]
-        where: list[list[int]] = [[] for _ in rows]
-        for r, (row, token) in enumerate(zip(rows, tokens, strict=True)):
-            if token is None:
-                continue
-            block = row.add(token)
-            redo = self.evict(rows, cache, r, block) if block is not None else []
-            chunks[r] = [row.ids[i] for i in redo] + [token]
-            where[r] = [*redo, len(row.ids) - 1]
-        cache.compact()
-        logits = cache.feed(chunks, where, where)
-        held = cache.occupancy().tolist()
-        for row, chunk, n in zip(rows, chunks, held, strict=True):
+    def schedule(self, slot: int, block: int | None) -> None:
+        """Queue the row's newest token (already added to it) for the next `forward`. When it closed a memento
+        (`block`: the block to evict, from `Row.add`) the block's slots are freed now, before the token is fed; in
+        restart mode the tokens to recompute are fed again in the same forward, ahead of the new token."""
+        row = self.rows[slot]
+        redo = self.evict(slot, block) if block is not None else []
+        self.pending[slot] = [*redo, len(row.ids) - 1]
+
+    def forward(self) -> torch.Tensor:
+        """Feed every row's pending tokens in one forward; return (slots, L, V) logits (a row's last fed token at
+        `fed[slot] - 1`) and record each fed row's KV occupancy."""
+        chunks = [[row.ids[i] for i in p] if row else [] for row, p in zip(self.rows, self.pending, strict=True)]
+        logits = self.cache.feed(chunks, self.pending, self.pending)
+        held = self.cache.occupancy().tolist()
+        for row, chunk, n in zip(self.rows, chunks, held, strict=True):
             if chunk:
                 row.kv_timeline.append(int(n))
-        return torch.stack([logits[r, max(len(c), 1) - 1] for r, c in enumerate(chunks)])
+        self.fed = [len(c) for c in chunks]
+        self.pending = [[] for _ in self.rows]
+        return logits
 
-    def evict(self, rows: list[Row], cache: SlotCache, r: int, block: int) -> list[int]:
-        """Free row r's `block`. Restart mode also frees every surviving token fed after the block's first token and
-        returns their indices: the caller feeds them again, in order and before the row's new token, so their KV is
+    def last_logits(self, logits: torch.Tensor, slot: int) -> torch.Tensor:
+        """(V,) logits after `slot`'s last fed token."""
+        return logits[slot, self.fed[slot] - 1]
+
+    def finish(self, slot: int) -> Row:
+        """Free the row's KV and empty its slot; return the row."""
+        row = self.rows[slot]
+        self.cache.free(slot, torch.arange(len(row.ids)))
+        self.rows[slot], self.pending[slot] = None, []
+        return row
+
+    def settle(self) -> None:
+        """Between forwards: empty slots leave the batch (their memory with them), else freed slots are compacted."""
+        keep = [s for s, row in enumerate(self.rows) if row is not None]
+        if keep and len(keep) < len(self.rows):
+            self.cache.drop_rows(keep)
+            self.rows = [self.rows[s] for s in keep]
+            self.pending = [self.pending[s] for s in keep]
+        elif len(keep) == len(self.rows):
+            self.cache.compact()
+
+    def evict(self, slot: int, block: int) -> list[int]:
+        """Free the row's `block`. Restart mode also frees every surviving token fed after the block's first token and
+        returns their indices: `push` feeds them again, in order and before the row's new token, so their KV is
         recomputed over what survives (one forward for the whole batch, not one per eviction)."""
-        row = rows[r]
+        row = self.rows[slot]
         gone = row.block_tokens(block)
-        freed = cache.free(r, gone)
+        freed = self.cache.free(slot, gone)
         row.evicted_tokens += freed
         row.evictions += 1
         if not (self.policy.restart and freed):
             return []
         after, fed = int(gone.min()), len(row.ids) - 1  # the newest token is not fed yet
-        redo = sorted(int(i) for i in cache.index[r].tolist() if after < i < fed)
+        redo = sorted(int(i) for i in self.cache.index[slot].tolist() if after < i < fed)
         if redo:
-            cache.free(r, torch.tensor(redo))
+            self.cache.free(slot, torch.tensor(redo))
         return redo
 
-    @torch.no_grad()
-    def teacher_force(self, ids: list[int], completion_start: int) -> torch.Tensor:
-        """(T, V) logits of a fixed sequence decoded with eviction: row t is what generation computes at token t.
 
-        The prompt (ids[:completion_start]) is prefilled at once; every later token is fed one by one.
-        """
-        rows, cache, logits = self.prefill([ids[:completion_start]])
-        out = [logits[0]]
-        for token in ids[completion_start:]:
-            out.append(self.step(rows, cache, [token]))
-        self.last = (rows, cache)
-        return torch.cat(out)
+@torch.no_grad()
+def teacher_force(model, special: MementoIds, policy: EvictionPolicy, ids: list[int], completion_start: int,
+                  check: bool = False) -> tuple[torch.Tensor, Decoder]:  # fmt: skip
+    """(T, V) logits of a fixed sequence decoded with eviction (row t: what generation computes at token t), and the
+    decoder holding its final cache. The prompt (ids[:completion_start]) is prefilled at once, every later token fed
+    one by one; `check`: verify the cache's integrity after every step."""
+    decoder = Decoder(model, special, policy)
+    decoder.start(0, ids[:completion_start])
+    out = [decoder.forward()[0]]
+    for token in ids[completion_start:]:
+        decoder.push(0, token)
+        decoder.settle()
+        out.append(decoder.last_logits(decoder.forward(), 0)[None])
+        if check:
+            decoder.cache.check_integrity()
+    return torch.cat(out), decoder

@@ -1,0 +1,196 @@
+"""`Engine`: batched Memento generation with physical KV eviction on token ids (any HF causal LM, CPU or CUDA).
+
+Token ids in, token ids out: the engine knows nothing of chat templates or text (`memento.engine.generate` is the
+layer that does). Requests run in a fixed number of batch slots with continuous refill: when a request finishes, its
+slot's KV is freed and the next prompt is prefilled in the same forward that decodes the others (ragged chunks, see
+`SlotCache.feed`). Every request evicts on its own schedule; statistics are per request.
+
+Statistics count the KV of *fed* tokens: the token that ends a request (EOS, a stop string, the length limit) is
+sampled but never fed, so it holds no KV. `memento.core.kv.replay` over `Completion.fed` gives the same occupancy,
+token for token (tested).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from memento.core.format import State
+from memento.core.kv import KVGeometry, auc_gb_ktok
+from memento.core.policy import EvictionPolicy
+from memento.core.spans import Kind, MementoIds, Spans, label
+from memento.engine.reference import Decoder, Row
+from memento.engine.sampling import Sampling, choose
+
+Processor = Callable[[int, list[int], torch.Tensor], torch.Tensor]  # (request, ids so far, (V,) logits) -> logits
+
+
+@dataclass
+class KVStats:
+    prompt_tokens: int
+    generated_tokens: int
+    blocks: int
+    evictions: int
+    evicted_tokens: int
+    peak_kv_tokens: int
+    final_kv_tokens: int
+    peak_kv_bytes: int
+    final_kv_bytes: int
+    auc_gb_ktok: float  # GB held, summed over generated tokens, / 1000
+    seconds: float
+    ms_per_token: float
+    kv_timeline: list[int] = field(repr=False)  # tokens held after the prompt, then after each fed token
+
+
+@dataclass
+class Completion:
+    prompt_ids: list[int]
+    ids: list[int]  # the completion's token ids
+    finish_reason: str  # stop | length | forced (teacher forcing ran out of tokens)
+    stats: KVStats
+    logits: torch.Tensor | None = field(default=None, repr=False)  # (steps, V) when asked for
+
+    @property
+    def fed(self) -> list[int]:
+        """The tokens whose KV was computed: the prompt and the completion, less a sampled last token (never fed)."""
+        return self.prompt_ids + (self.ids if self.finish_reason == "forced" else self.ids[:-1])
+
+    def spans(self, special: MementoIds, fed: bool = False) -> Spans:
+        """The prompt and completion labelled (however malformed); `fed`: only the tokens that were fed."""
+        return label(self.fed if fed else self.prompt_ids + self.ids, special, len(self.prompt_ids), strict=False)
+
+
+class Engine:
+    """Generation on token ids: `generate(prompts)` -> one `Completion` per prompt, in order."""
+
+    def __init__(self, model, special: MementoIds, policy: EvictionPolicy | None = None, eos: set[int] = frozenset(),
+                 context: int | None = None):  # fmt: skip
+        self.model = model.eval()
+        self.special = special
+        self.policy = policy or EvictionPolicy(0)
+        self.eos = set(eos)
+        self.context = context  # the model's longest sequence (None: no limit)
+        self.geometry = KVGeometry.from_config(model.config)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[list[int]],
+        sampling: Sampling | None = None,
+        batch_size: int = 16,
+        force: list[list[int]] | None = None,
+        on_token: Callable[[int, int, Kind, int], None] | None = None,
+        return_logits: bool = False,
+        processor: Processor | None = None,
+        seeds: list[int] | None = None,
+        stop: Callable[[list[int]], bool] | None = None,
+    ) -> list[Completion]:
+        """Generate for every prompt. `force[i]`: completion tokens to feed instead of sampling (teacher forcing).
+
+        `on_token(request, token, kind, block)` is called for every produced token (a streaming hook for UIs);
+        `processor(request, ids, logits) -> logits` may reshape the (V,) logits before sampling (constraints);
+        `stop(ids)` ends a request when true (stop strings). The policy's `max_block_tokens` / `max_blocks` override
+        all of them. `seeds[i]`: request i's own sampling seed (else request i draws from `sampling.seed + i`).
+        """
+        sampling = sampling or Sampling()
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        generators = [sampling.generator(i) if seeds is None else replace(sampling, seed=seeds[i]).generator()
+                      for i in range(len(prompts))]  # fmt: skip
+        logits_log: list[list[torch.Tensor]] = [[] for _ in prompts]
+        started = [0.0] * len(prompts)
+        results: list[Completion | None] = [None] * len(prompts)
+        queue = deque(range(len(prompts)))
+        decoder = Decoder(self.model, self.special, self.policy, min(batch_size, len(prompts)))
+
+        def admit(slot: int) -> None:  # the next request into a free slot (none left: the slot leaves the batch)
+            if queue:
+                r = queue.popleft()
+                decoder.start(slot, prompts[r], request=r)
+                started[r] = time.perf_counter()
+
+        def finish(slot: int, reason: str) -> None:
+            row = decoder.finish(slot)
+            r = row.request
+            results[r] = self._completion(prompts[r], row, reason, started[r], logits_log[r])
+            admit(slot)
+
+        for slot in range(len(decoder.rows)):
+            admit(slot)
+        while any(decoder.rows):
+            logits = decoder.forward()
+            for slot, row in enumerate(decoder.rows):
+                if row is None:
+                    continue
+                r, last = row.request, decoder.last_logits(logits, slot)
+                if return_logits:
+                    logits_log[r].append(last.float().cpu())
+                forced = force[r] if force is not None else None
+                step = len(row.ids) - len(prompts[r])
+                if forced is not None and step >= len(forced):
+                    finish(slot, "forced")
+                    continue
+                if forced is not None:
+                    token = forced[step]
+                else:
+                    scores = last if processor is None else processor(r, row.ids, last)
+                    token = self._steer(row, scores, sampling, generators[r])
+                block = row.add(token)
+                if on_token is not None:
+                    on_token(r, token, Kind(row.kind[-1]), row.block[-1])
+                reason = self._stop(row, len(prompts[r]), token, sampling, stop) if forced is None else None
+                if reason is not None:  # the last token is never fed: nothing is evicted for it
+                    finish(slot, reason)
+                else:
+                    decoder.schedule(slot, block)
+            decoder.settle()
+        return results
+
+    def _steer(self, row: Row, logits: torch.Tensor, sampling: Sampling, generator) -> int:
+        """The sampled token, unless the policy forces `<|block_end|>` (long block) or `</think>` (enough blocks)."""
+        policy, state = self.policy, row.labeller.state
+        if policy.max_block_tokens and state is State.BLOCK:
+            opened = len(row.ids) - 1 - max(i for i, k in enumerate(row.kind) if k == Kind.BLOCK_START)
+            if opened >= policy.max_block_tokens:
+                return self.special.block_end
+        if policy.max_blocks and state is State.THINK and row.labeller.index + 1 >= policy.max_blocks:
+            return self.special.think_end
+        return choose(logits, sampling, generator)
+
+    def _stop(self, row: Row, prompt: int, token: int, sampling: Sampling, stop) -> str | None:
+        if token in self.eos:
+            return "stop"
+        if stop is not None and stop(row.ids):
+            return "stop"
+        if len(row.ids) - prompt >= sampling.max_new_tokens:
+            return "length"
+        if self.context and len(row.ids) >= self.context:
+            return "length"
+        return None
+
+    def _completion(self, prompt: list[int], row: Row, reason: str, started: float, logits) -> Completion:
+        ids = row.ids[len(prompt) :]
+        seconds = time.perf_counter() - started
+        timeline = row.kv_timeline
+        per_token = self.geometry.bytes_per_token
+        stats = KVStats(
+            prompt_tokens=len(prompt),
+            generated_tokens=len(ids),
+            blocks=row.labeller.index + 1,
+            evictions=row.evictions,
+            evicted_tokens=row.evicted_tokens,
+            peak_kv_tokens=max(timeline),
+            final_kv_tokens=timeline[-1],
+            peak_kv_bytes=max(timeline) * per_token,
+            final_kv_bytes=timeline[-1] * per_token,
+            auc_gb_ktok=auc_gb_ktok(np.asarray(timeline[1:], dtype=np.int64) * per_token),
+            seconds=seconds,
+            ms_per_token=1000 * seconds / max(len(ids), 1),
+            kv_timeline=list(timeline),
+        )
+        return Completion(list(prompt), ids, reason, stats, torch.stack(logits) if logits else None)
