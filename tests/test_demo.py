@@ -65,7 +65,7 @@ def test_each_experiment_alone_and_deterministic(tmp_path):
     logs = [[json.loads(x)["loss"] for x in (f.parent / "log.jsonl").read_text().splitlines() if '"loss"' in x]
             for f in (a["stage2-only"], b["stage2-only"])]  # fmt: skip
     assert logs[0] == logs[1] and len(logs[0]) >= 1, "same seed, same training"
-    scores = accuracy(a, "orbit", TINY, restart_for=("stage2-only",))
+    scores = accuracy(a, "orbit", TINY, tmp_path / "eval", restart_for=("stage2-only",))
     assert scores[0].evict.n == 4 and scores[0].restart is not None
     leak = probe(a["stage2-only"], "orbit", TINY)
     assert leak["evict"].accuracy.shape == (4, 10)
@@ -90,12 +90,11 @@ def test_full_mode_trains_and_ships(tmp_path, monkeypatch):
     assert {"stage1", "stage2"} <= set(steps), "the curriculum's log holds both stages"
 
 
-def test_shipped_checkpoints_are_trained_models_that_know_the_format():
+def test_shipped_checkpoints_are_trained_models_that_know_the_format(tmp_path):
     """The five models in memento/toy/checkpoints (from `memento demo --full --ship`): loadable, tiny, with their
     recipe and training log, and the Memento models solve new problems with their blocks evicted (chance: 10%)."""
     from memento.core.chat import memento_ids
     from memento.core.policy import EvictionPolicy
-    from memento.synthetic.tasks import held_out
     from memento.toy.evaluate import evaluate
     from memento.toy.experiments import load
 
@@ -106,8 +105,6 @@ def test_shipped_checkpoints_are_trained_models_that_know_the_format():
         memento_ids(tokenizer)
         assert sum(p.numel() for p in model.parameters()) < 1_000_000, name
         assert (folder / "recipe.yaml").exists() and (folder / "log.jsonl").stat().st_size > 0, name
-    problems = held_out("orbit", 8, seed=5)
     for name, at_least in (("curriculum", 0.25), ("stage2-total", 0.5)):  # 42% and 82% on 256 (docs/results/toy.md)
-        model, tokenizer = load(folders[name])
-        scores = evaluate(model, tokenizer, problems, EvictionPolicy(0, mask_delimiters=True))
+        scores = evaluate(folders[name], "orbit", EvictionPolicy(0, mask_delimiters=True), tmp_path / name, 8)
         assert scores.accuracy >= at_least and scores.peak_kv_tokens < 300, (name, scores.accuracy)

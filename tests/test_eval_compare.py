@@ -11,12 +11,10 @@ from pathlib import Path
 import pytest
 
 from memento.core.errors import MementoError
-from memento.core.intervals import paired_difference
 from memento.core.policy import EvictionPolicy
 from memento.eval.report import RunSpec, describe, parse_run, run_all, slug
-from memento.synthetic.tasks import held_out
 from memento.toy.demo import SHIPPED
-from memento.toy.experiments import EVICT, FULL, RESTART, load
+from memento.toy.experiments import EVICT, FULL, RESTART, difference
 
 pytestmark = [pytest.mark.xdist_group("eval-toy"), pytest.mark.slow]  # one worker computes the fixtures once
 
@@ -34,16 +32,16 @@ def compared(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def demo_scores():
-    """What the demo computes for the same models (`memento.toy.experiments.accuracy`, its scorer)."""
+def demo_scores(tmp_path_factory):
+    """What the demo computes for the same models (`memento.toy.experiments.accuracy`, its scorer: all problems in
+    one engine call, refilling 32 slots)."""
     from memento.toy.evaluate import evaluate
 
-    problems = held_out("orbit", N, seed=10_000)
+    out = tmp_path_factory.mktemp("demo")
     scores = {}
     for name, folder, policy in (("control", "control", FULL), ("memento", "curriculum", EVICT),
                                  ("restart", "curriculum", RESTART)):  # fmt: skip
-        model, tokenizer = load(SHIPPED / folder)
-        scores[name] = evaluate(model, tokenizer, problems, policy, 32, 1024, plain=folder == "control")
+        scores[name] = evaluate(SHIPPED / folder, "orbit", policy, out / name, N, 32, 1024, plain=folder == "control")
     return scores
 
 
@@ -59,7 +57,7 @@ def test_the_demo_models_score_through_memento_eval_as_in_the_demo(compared, dem
         assert s["peak_kv_tokens"] == pytest.approx(demo.peak_kv_tokens)
         assert s["auc_kv_ktok"] == pytest.approx(demo.auc_ktok)
     by = {d["run"]: d for d in result["differences"]}
-    restart = paired_difference(demo_scores["restart"].correct, demo_scores["control"].correct)
+    restart = difference(demo_scores["restart"], demo_scores["control"])
     assert by["restart"]["pass@1_delta"] == restart.delta and by["restart"]["pass@1_delta_ci95"] == list(restart.ci)
     assert by["memento"]["peak_kv_ratio"] > 3  # 708 vs 196 tokens in the demo
 

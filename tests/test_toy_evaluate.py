@@ -1,4 +1,5 @@
-"""Scoring generations: boxed answers, well-formedness, KV per problem, and the intervals the report prints."""
+"""Scoring toy generations through `memento eval`: boxed answers, well-formedness, KV per problem, and the intervals
+the report prints."""
 
 from __future__ import annotations
 
@@ -12,8 +13,13 @@ from memento.core.intervals import paired_difference, wilson
 from memento.core.kv import KVGeometry, replay
 from memento.core.policy import EvictionPolicy
 from memento.engine.generate import ReferenceEngine
+from memento.eval import run
+from memento.eval.backends import sample_of
+from memento.eval.check import last_boxed as boxed
+from memento.eval.settings import EvalSettings
+from memento.eval.tasks import Problem, get
 from memento.synthetic.orbit import orbit_traces
-from memento.toy.evaluate import boxed, evaluate, score
+from memento.toy.evaluate import evaluate, score
 
 POLICY = EvictionPolicy(0, mask_delimiters=True)
 
@@ -41,7 +47,12 @@ def test_reference_completions_score_perfectly(chars, char_llama, plain):
     policy = EvictionPolicy(-1) if plain else POLICY
     engine = ReferenceEngine(char_llama, chars, policy)
     generations = engine.generate([t.problem for t in traces], force=forced, batch_size=3)
-    scores = score(traces, generations, seconds=1.0, plain=plain)
+    task = get("toy:orbit")
+    problems = [Problem(str(i), t.problem, boxed(t.answer)) for i, t in enumerate(traces)]
+    samples = [sample_of(g, engine.special) for g in generations]
+    records = [run.record(task, p, 0, 0, s) for p, s in zip(problems, samples, strict=True)]
+    summary = run.summarize(records, EvalSettings("chars-llama", "toy:orbit", policy=policy))
+    scores = score(summary | {"seconds_now": 1.0}, records, plain=plain)
     assert scores.correct == [True] * 4 and scores.accuracy == 1.0 and scores.well_formed == 1.0
     geometry = KVGeometry("toy", 2, 2, 8)
     peaks = [replay(label_trace(t, chars, plain).spans, policy, geometry).peak_tokens for t in traces]
@@ -49,9 +60,12 @@ def test_reference_completions_score_perfectly(chars, char_llama, plain):
     assert scores.tokens_per_s == sum(len(f) for f in forced)
 
 
-def test_evaluate_generates_and_scores_every_problem(chars, char_llama):
-    traces = orbit_traces(3, seed=6, rounds=2, steps=2)
-    scores = evaluate(char_llama, chars, traces, POLICY, batch_size=2, max_new_tokens=40)
-    assert scores.n == 3 and len(scores.correct) == 3
+def test_evaluate_generates_and_scores_every_problem(chars, char_llama, tmp_path):
+    char_llama.save_pretrained(tmp_path / "model")
+    chars.save_pretrained(tmp_path / "model")
+    scores = evaluate(tmp_path / "model", "orbit", POLICY, tmp_path / "run", problems=3, batch_size=2,
+                      max_new_tokens=40)  # fmt: skip
+    assert scores.n == 3 and len(scores.correct) == 3 and len(run.read_records(tmp_path / "run")) == 3
     assert scores.generated_tokens == 40, "an untrained model runs to the length limit"
-    assert 0 < scores.peak_kv_tokens <= 40 + max(len(encode_chat(chars, t.problem).ids) for t in traces)
+    prompts = [p.prompt for p in get("toy:orbit").problems()[:3]]
+    assert 0 < scores.peak_kv_tokens <= 40 + max(len(encode_chat(chars, p).ids) for p in prompts)

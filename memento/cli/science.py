@@ -82,7 +82,7 @@ def experiment(
         raise MementoError(f"--size {size}: choose live, full or tiny")
     chosen = toy.SIZES[size]
     folders = train_variants(toy.TASK, chosen, out_dir, seed, names=[name], progress=True)
-    scores = accuracy(folders, toy.TASK, chosen, restart_for=() if BY_NAME[name].plain else (name,))
+    scores = accuracy(folders, toy.TASK, chosen, out_dir / "eval", restart_for=() if BY_NAME[name].plain else (name,))
     rows = report.headline(scores)
     restart = scores[0].restart
     result = {"task": toy.TASK, "experiment": name, "size": size, "seed": seed, "model": str(folders[name]),

@@ -1,6 +1,6 @@
-"""The engines `memento eval` generates with, behind one interface: `Backend(settings, prompts, device)`, then
-`generate(prompts, seeds, batch_size)` -> one dict of per-sample fields (text, finish reason, tokens, blocks, block
-and memento lengths, evicted tokens, peak KV in tokens and bytes, KV AUC) per prompt, and `close()`.
+"""The engines `memento eval` generates with, behind one interface (`Backend`): built from the settings and the
+prompts to come, then `generate(prompts, seeds, batch_size)` -> one `Sample` (text, finish reason, tokens, blocks,
+block and memento lengths, evicted tokens, peak KV in tokens and bytes, KV AUC) per prompt, and `close()`.
 
 Design choices:
 - The reference engine measures KV while it decodes. On vLLM the scheduler reports blocks, evictions and peak KV
@@ -12,29 +12,61 @@ Design choices:
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from memento.core.errors import MementoError
 from memento.core.kv import auc_ktok
-from memento.core.policy import EvictionPolicy
 from memento.core.precision import vllm_dtype
 
 if TYPE_CHECKING:
+    from memento.engine.generate import Generation
     from memento.eval.settings import EvalSettings
 
 
-def _sizes(ids: list[int], special) -> dict:
+@dataclass
+class Sample:
+    """One generated sample and the KV it cost (a line of `results.jsonl`, with the problem's fields)."""
+
+    finish_reason: str  # stop | length
+    tokens: int  # generated
+    blocks: int
+    evicted_tokens: int
+    peak_kv_tokens: int
+    auc_kv_ktok: float
+    peak_kv_bytes: int
+    block_tokens: list[int] = field(default_factory=list)  # per block, delimiters excluded
+    memento_tokens: list[int] = field(default_factory=list)
+    text: str = ""
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+class Backend(Protocol):
+    def generate(self, prompts: list[str], seeds: list[int], batch_size: int) -> list[Sample]: ...
+
+    def close(self) -> None: ...
+
+
+def _sizes(ids: list[int], special) -> tuple[list[int], list[int]]:
     """Block and memento lengths (tokens, delimiters excluded) of a completion, however malformed."""
     from memento.core.spans import Kind, label
 
     if special is None:  # a base model: no blocks
-        return {"block_tokens": [], "memento_tokens": []}
+        return [], []
     spans = label(ids, special, 0, strict=False)
-    return {"block_tokens": spans.count(Kind.BLOCK).tolist(), "memento_tokens": spans.count(Kind.SUMMARY).tolist()}
+    return spans.count(Kind.BLOCK).tolist(), spans.count(Kind.SUMMARY).tolist()
+
+
+def sample_of(g: Generation, special) -> Sample:
+    """A reference-engine generation as a sample (`special`: the Memento ids, None for a base model)."""
+    s = g.stats
+    return Sample(g.finish_reason, s.generated_tokens, s.blocks, s.evicted_tokens, s.peak_kv_tokens,
+                  auc_ktok(s.kv_timeline[1:]), s.peak_kv_bytes, *_sizes(g.ids, special), g.text)  # fmt: skip
 
 
 def _base_model(settings: EvalSettings, tokenizer) -> list[str]:
@@ -43,7 +75,7 @@ def _base_model(settings: EvalSettings, tokenizer) -> list[str]:
 
     vocab = tokenizer.get_vocab()
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
-    if missing and settings.policy["keep_last_n_blocks"] >= 0:
+    if missing and settings.eviction.evicts:
         raise MementoError(f"--model {settings.model} has no Memento tokens ({', '.join(missing)}): a base model is "
                            "evaluated with --policy full (or ?policy=full in --run)")  # fmt: skip
     return missing
@@ -64,7 +96,7 @@ class ReferenceBackend:
         dtype = torch.float32 if settings.dtype == "auto" else getattr(torch, settings.dtype)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.settings = settings
-        self.engine = ReferenceEngine.from_pretrained(settings.model, EvictionPolicy(**settings.policy), device, dtype,
+        self.engine = ReferenceEngine.from_pretrained(settings.model, settings.eviction, device, dtype,
                                                       add_tokens=bool(missing))  # fmt: skip
         self.banned = self.engine.tokenizer.convert_tokens_to_ids(missing)  # added for bookkeeping, never sampled
 
@@ -72,21 +104,15 @@ class ReferenceBackend:
         logits[self.banned] = float("-inf")
         return logits
 
-    def generate(self, prompts: list[str], seeds: list[int], batch_size: int) -> list[dict]:
+    def generate(self, prompts: list[str], seeds: list[int], batch_size: int) -> list[Sample]:
         from memento.engine.sampling import Sampling
 
         st = self.settings
         sampling = Sampling(max_new_tokens=st.max_new_tokens, temperature=st.temperature, top_p=st.top_p,
                             top_k=st.top_k)  # fmt: skip
-        out = []
-        for g in self.engine.generate(prompts, sampling, batch_size=batch_size, seeds=seeds,
-                                      processor=self._ban if self.banned else None):  # fmt: skip
-            s = g.stats
-            out.append({"finish_reason": g.finish_reason, "tokens": s.generated_tokens, "blocks": s.blocks,
-                        "evicted_tokens": s.evicted_tokens, "peak_kv_tokens": s.peak_kv_tokens,
-                        "auc_kv_ktok": auc_ktok(s.kv_timeline[1:]), "peak_kv_bytes": s.peak_kv_bytes,
-                        **_sizes(g.ids, None if self.banned else self.engine.special), "text": g.text})  # fmt: skip
-        return out
+        done = self.engine.generate(prompts, sampling, batch_size=batch_size, seeds=seeds,
+                                    processor=self._ban if self.banned else None)  # fmt: skip
+        return [sample_of(g, None if self.banned else self.engine.special) for g in done]
 
     def close(self) -> None:
         pass
@@ -107,7 +133,7 @@ class VLLMBackend:
         if not Path(settings.model).is_dir():
             raise MementoError(f"--model {settings.model}: not a folder with a Hugging Face model")
         environment()  # what the extension needs (the user's own settings win)
-        self.settings, self.policy = settings, EvictionPolicy(**settings.policy)
+        self.settings, self.policy = settings, settings.eviction
         self.tokenizer = AutoTokenizer.from_pretrained(settings.model)
         base = bool(_base_model(settings, self.tokenizer))
         self.special = None if base else memento_ids(self.tokenizer)
@@ -121,7 +147,7 @@ class VLLMBackend:
         config = self.llm.llm_engine.model_config  # the KV is held in the dtype vLLM runs, not the checkpoint's
         self.geometry = replace(KVGeometry.from_config(config.hf_config), dtype_bytes=config.dtype.itemsize)
 
-    def generate(self, prompts: list[str], seeds: list[int], batch_size: int) -> list[dict]:
+    def generate(self, prompts: list[str], seeds: list[int], batch_size: int) -> list[Sample]:
         from vllm import SamplingParams
 
         st = self.settings
@@ -131,7 +157,7 @@ class VLLMBackend:
         outs = self.llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
         return [self._sample(p, o) for p, o in zip(ids, outs, strict=True)]
 
-    def _sample(self, prompt: list[int], output) -> dict:
+    def _sample(self, prompt: list[int], output) -> Sample:
         from memento.core.kv import replay
         from memento.core.spans import label
 
@@ -148,12 +174,10 @@ class VLLMBackend:
         if int(timeline.max()) != server["peak_kv_tokens"]:
             raise MementoError(f"vLLM held {server['peak_kv_tokens']} KV tokens at peak, the replay of its tokens "
                                f"{int(timeline.max())}: the engine and the accounting disagree")  # fmt: skip
-        return {"finish_reason": done.finish_reason, "tokens": len(completion), "blocks": server["blocks"],
-                "evicted_tokens": server["evicted_tokens"], "peak_kv_tokens": server["peak_kv_tokens"],
-                "auc_kv_ktok": auc_ktok(timeline[1:]),
-                "peak_kv_bytes": server["peak_kv_tokens"] * self.geometry.bytes_per_token,
-                **_sizes(completion, self.special),
-                "text": self.tokenizer.decode(completion, skip_special_tokens=False)}  # fmt: skip
+        return Sample(done.finish_reason, len(completion), server["blocks"], server["evicted_tokens"],
+                      server["peak_kv_tokens"], auc_ktok(timeline[1:]),
+                      server["peak_kv_tokens"] * self.geometry.bytes_per_token, *_sizes(completion, self.special),
+                      self.tokenizer.decode(completion, skip_special_tokens=False))  # fmt: skip
 
     def close(self) -> None:
         self.llm.llm_engine.engine_core.shutdown()

@@ -25,10 +25,9 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from memento.core.errors import MementoError
-from memento.core.intervals import paired_scores
 from memento.core.plots import pyplot, save
 from memento.core.policy import EvictionPolicy
-from memento.eval.run import EvalSettings, evaluate, per_problem, problems_of, records_of, score
+from memento.eval.run import EvalSettings, evaluate, paired, per_problem, problems_of, read_records, records_of
 
 FLAGS = ("mask_delimiters", "keep_last_block_for_answer", "restart")
 NUMBERS = ("max_block_tokens", "max_blocks")
@@ -113,7 +112,7 @@ def run_all(runs: list[RunSpec], tasks: list[str], out: Path, common: dict, limi
     for (name, task), st in settings.items():
         folder = out / name / slug(task)
         summaries[name, task] = evaluate(st, folder, limit, batch_size, progress, device)
-        records[name, task] = records_of(_read(folder / "results.jsonl"), problems[task])
+        records[name, task] = records_of(read_records(folder), problems[task])
     result = {
         "tasks": tasks, "runs": [asdict(r) for r in runs], "settings": common, "limit": limit,
         "summaries": [{"run": n, **s} for (n, _), s in summaries.items()],
@@ -126,24 +125,19 @@ def run_all(runs: list[RunSpec], tasks: list[str], out: Path, common: dict, limi
     return result
 
 
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def differences(runs: list[RunSpec], tasks: list[str], summaries: dict, records: dict) -> list[dict]:
     """Every run but the first against the first, per task."""
     out = []
     base = runs[0].name
     for run in runs[1:]:
         for task in tasks:
-            a, b = ({p: score(rs) for p, rs in per_problem(records[name, task]).items()} for name in (run.name, base))
-            common = [p for p in a if p in b]
-            if not common:
+            d = paired(records[run.name, task], records[base, task])
+            common = [set(per_problem(records[name, task])) for name in (run.name, base)]
+            if d is None:
                 continue
-            d = paired_scores([a[p] for p in common], [b[p] for p in common])
             sa, sb = summaries[run.name, task], summaries[base, task]
             out.append({
-                "run": run.name, "baseline": base, "task": task, "problems": len(common),
+                "run": run.name, "baseline": base, "task": task, "problems": len(set.intersection(*common)),
                 "pass@1_delta": d.delta, "pass@1_delta_ci95": list(d.ci), "better": d.only_a, "worse": d.only_b,
                 "peak_kv_ratio": sb["peak_kv_tokens"] / sa["peak_kv_tokens"] if sa["peak_kv_tokens"] else None,
                 "auc_kv_ratio": sb["auc_kv_ktok"] / sa["auc_kv_ktok"] if sa["auc_kv_ktok"] else None,

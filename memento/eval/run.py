@@ -21,52 +21,58 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import Counter
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 from memento.core.errors import MementoError
-from memento.core.intervals import mean_interval, wilson
+from memento.core.intervals import Difference, mean_interval, paired_scores, wilson
 from memento.eval import backends
 from memento.eval.settings import EvalSettings
 from memento.eval.tasks import Problem, Task, get
 
 
 def evaluate(settings: EvalSettings, out: Path, limit: int | None = None, batch_size: int | None = None,
-             progress: bool = True, device: str | None = None) -> dict:  # fmt: skip
+             progress: bool = True, device: str | None = None, save_every: int | None = None) -> dict:  # fmt: skip
     """Generate, check and record every missing sample, then summarize the run into `summary.json`. `batch_size`:
-    samples per engine call, saved after each (default: 16 on the reference engine, 256 on vLLM, which schedules
-    within a call); `device`: the reference engine's (default: cuda when there is one)."""
+    the reference engine's batch slots (default 16), or vLLM's samples per call (default 256; vLLM schedules within a
+    call); `save_every`: samples per engine call, saved after each (default: `batch_size`; more lets the reference
+    engine refill its slots as requests finish); `device`: the reference engine's (default: cuda when there is one)."""
     from tqdm.auto import tqdm
 
     task, problems = problems_of(settings.task, limit)
     records = _open(settings, out)
     done = {(r["problem"], r["sample"]) for r in records}
     todo = [(p, j) for p in problems for j in range(settings.samples) if (p.id, j) not in done]
-    generated = 0
+    generated, seconds = 0, 0.0
     if todo:
         kind = backends.VLLMBackend if settings.engine == "vllm" else backends.ReferenceBackend
-        backend = kind(settings, [p.prompt for p, _ in todo], device)
+        backend: backends.Backend = kind(settings, [p.prompt for p, _ in todo], device)
         size = batch_size or (256 if settings.engine == "vllm" else 16)
+        chunk = save_every or size
         bar = tqdm(total=len(todo), desc=f"{settings.task}: {len(todo)} samples", unit="sample", disable=not progress)
         try:
             with (out / "results.jsonl").open("a") as sink:
-                for start in range(0, len(todo), size):
-                    chunk = todo[start : start + size]
-                    seeds = [sample_seed(settings.seed, p.id, j) for p, j in chunk]
-                    samples = backend.generate([p.prompt for p, _ in chunk], seeds, size)
-                    for (p, j), seed, sample in zip(chunk, seeds, samples, strict=True):
-                        record = _record(task, p, j, seed, sample)
-                        sink.write(json.dumps(record) + "\n")
-                        records.append(record)
+                for start in range(0, len(todo), chunk):
+                    part = todo[start : start + chunk]
+                    seeds = [sample_seed(settings.seed, p.id, j) for p, j in part]
+                    began = time.perf_counter()
+                    samples = backend.generate([p.prompt for p, _ in part], seeds, size)
+                    seconds += time.perf_counter() - began
+                    for (p, j), seed, sample in zip(part, seeds, samples, strict=True):
+                        line = record(task, p, j, seed, sample)
+                        sink.write(json.dumps(line) + "\n")
+                        records.append(line)
                     sink.flush()
-                    generated += len(chunk)
-                    bar.update(len(chunk))
+                    generated += len(part)
+                    bar.update(len(part))
         finally:
             bar.close()
             backend.close()
     summary = summarize(records_of(records, problems), settings, task.about, votes=task.votes)
     summary["generated_now"] = generated
+    summary["seconds_now"] = seconds  # generating them (tokens/s: their tokens over it)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
@@ -94,21 +100,26 @@ def records_of(records: list[dict], problems: list[Problem]) -> list[dict]:
     return sorted((r for r in records if r["problem"] in order), key=lambda r: (order[r["problem"]], r["sample"]))
 
 
+def read_records(folder: Path) -> list[dict]:
+    """The records of the run in `folder` (its `results.jsonl`), as written."""
+    return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+
+
 def sample_seed(seed: int, problem: str, sample: int) -> int:
     """Sample `sample` of `problem`'s seed under `--seed seed` (31 bits: every engine takes it)."""
     digest = hashlib.sha256(f"{seed}/{problem}/{sample}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def _record(task, problem: Problem, sample: int, seed: int, s: dict) -> dict:
+def record(task, problem: Problem, sample: int, seed: int, s: backends.Sample) -> dict:
     try:
-        verdict = task.check(problem, s["text"])
+        verdict = task.check(problem, s.text)
     except MementoError:
         raise
     except Exception as e:  # a broken problem (test data, reference): name it, rather than a bare traceback
         raise MementoError(f"task {task.name}, problem {problem.id}: checking failed ({type(e).__name__}: {e})") from e
     return {"problem": problem.id, "sample": sample, "seed": seed, "reference": problem.reference,
-            "answer": verdict.answer, "outcome": verdict.outcome, **s}  # fmt: skip
+            "answer": verdict.answer, "outcome": verdict.outcome, **s.record()}  # fmt: skip
 
 
 _DEFAULTS = {f.name: f.default for f in fields(EvalSettings) if f.default is not MISSING}
@@ -157,6 +168,13 @@ def per_problem(records: list[dict]) -> dict[str, list[dict]]:
 def score(samples: list[dict]) -> float:
     """A problem's pass@1: the share of its samples that are right."""
     return sum(r["outcome"] == "correct" for r in samples) / len(samples)
+
+
+def paired(a: list[dict], b: list[dict]) -> Difference | None:
+    """Run a minus run b in pass@1, paired over the problems both scored (None: no problem in common)."""
+    sa, sb = ({p: score(rs) for p, rs in per_problem(records).items()} for records in (a, b))
+    common = [p for p in sa if p in sb]
+    return paired_scores([sa[p] for p in common], [sb[p] for p in common]) if common else None
 
 
 def summarize(records: list[dict], settings: EvalSettings, about: str = "", votes: bool = True) -> dict:

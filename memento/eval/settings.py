@@ -24,11 +24,13 @@ class EvalSettings:
     top_k: int = 0
     max_new_tokens: int = 4096
     seed: int = 0
-    policy: dict = field(default_factory=lambda: asdict(EvictionPolicy(0)))
+    policy: dict = field(default_factory=lambda: asdict(EvictionPolicy(0)))  # as saved; an EvictionPolicy is taken too
     engine: str = "reference"  # reference | vllm
     dtype: str = "auto"  # auto: float32 on the reference engine; on vLLM the model's own (fp32 on CPUs without bf16)
 
     def __post_init__(self):
+        if isinstance(self.policy, EvictionPolicy):
+            object.__setattr__(self, "policy", asdict(self.policy))
         if self.engine not in ENGINES:
             raise MementoError(f"--engine {self.engine}: choose from {', '.join(ENGINES)}")
         if self.samples < 1:
@@ -37,3 +39,7 @@ class EvalSettings:
             raise MementoError(f"--n-samples {self.samples} with --temperature 0: greedy samples are all the same")
         if self.dtype not in DTYPES:
             raise MementoError(f"--dtype {self.dtype}: choose from {', '.join(DTYPES)}")
+
+    @property
+    def eviction(self) -> EvictionPolicy:
+        return EvictionPolicy(**self.policy)

@@ -126,7 +126,7 @@ def run(
         phase(f"live: training the five variants at reduced size (T = {size.steps} steps, {seconds:.2f} s a step)")
         live_folders = train_variants(TASK, size, out / "live", seed)
         phase("live: scoring them with the reference engine")
-        live = accuracy(live_folders, TASK, size)
+        live = accuracy(live_folders, TASK, size, out / "live" / "eval")
         results["live"], results["live_size"] = report.headline(live), asdict(size)
         phase("live: leakage probe")
         live_probe = probe(live_folders["curriculum"], TASK, size)
@@ -141,7 +141,7 @@ def run(
             results["source"] = "checkpoints shipped in memento/toy/checkpoints (trained by `memento demo --full`)"
     if scores is None:
         phase(f"scoring {len(folders)} models on {size.problems} new problems (full attention, eviction, restart)")
-        scores = accuracy(folders, TASK, size)
+        scores = accuracy(folders, TASK, size, out / "eval")
         phase(f"leakage probe on the curriculum model ({size.probe_traces} traces)")
         leak = probe(folders["curriculum"], TASK, size)
     phase("writing the report")

@@ -1,26 +1,24 @@
-"""Task accuracy, KV and speed of a model generating answers with the reference engine under one policy.
+"""Task accuracy, KV and speed of a toy model under one policy, scored by `memento eval` (one harness).
 
-Every problem is generated greedily from its prompt alone; the answer counts when the last `\\boxed{...}` of the
-completion equals the reference's. Proportions come with Wilson 95% intervals (`memento.core.intervals`, which also has
-the paired difference of two runs on the same problems).
+Every problem of the toy task's held-out scoring set (`toy:NAME` in `memento.eval.tasks.toy`: the last `\\boxed{...}`
+of the completion must equal the reference's) is generated greedily on the reference engine from its prompt alone;
+the records land in a run folder as with `memento eval`. On top of the run's summary the toy adds one figure of its
+own: the share of completions that parse as complete Memento (or, for the Control, plain) responses. Proportions come
+with Wilson 95% intervals; paired differences of two runs on the same problems come from `memento.eval.run.paired`.
 """
 
 from __future__ import annotations
 
-import time
+import shutil
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from memento.core.format import Trace, recover
-from memento.core.intervals import wilson
-from memento.core.kv import auc_ktok
+from memento.core.format import recover
 from memento.core.policy import EvictionPolicy
-from memento.engine.generate import Generation, ReferenceEngine
-from memento.engine.sampling import Sampling
-from memento.eval.check import last_boxed
-
-boxed = last_boxed  # the one \\boxed{} parser (memento.eval.check): the last closed box, nested braces kept
+from memento.eval import run
+from memento.eval.settings import EvalSettings
 
 
 class Scores(NamedTuple):
@@ -33,34 +31,27 @@ class Scores(NamedTuple):
     auc_ktok: float  # mean over problems of sum(KV tokens held) / 1000
     generated_tokens: float  # mean
     tokens_per_s: float  # all generated tokens / wall time
-
-    def summary(self) -> dict:
-        out = self._asdict()
-        del out["correct"]
-        return out
+    records: list[dict]  # the run's records, one per problem (as in its results.jsonl)
 
 
-def score(traces: list[Trace], generations: list[Generation], seconds: float, plain: bool = False) -> Scores:
-    correct = [
-        boxed(g.text) is not None and boxed(g.text) == boxed(t.answer) for t, g in zip(traces, generations, strict=True)
-    ]
-    formed = [_well_formed(g.text, plain) for g in generations]
-    stats = [g.stats for g in generations]
-    hits = sum(correct)
+def score(summary: dict, records: list[dict], plain: bool = False) -> Scores:
+    """A toy run's scores from its `memento eval` summary and records (one greedy sample per problem)."""
+    tokens = sum(r["tokens"] for r in records)
     return Scores(
-        n=len(traces),
-        correct=correct,
-        accuracy=hits / len(traces),
-        ci=wilson(hits, len(traces)),
-        well_formed=float(np.mean(formed)),
-        peak_kv_tokens=float(np.mean([s.peak_kv_tokens for s in stats])),
-        auc_ktok=float(np.mean([auc_ktok(s.kv_timeline[1:]) for s in stats])),
-        generated_tokens=float(np.mean([s.generated_tokens for s in stats])),
-        tokens_per_s=sum(s.generated_tokens for s in stats) / max(seconds, 1e-9),
+        n=summary["problems"],
+        correct=[r["outcome"] == "correct" for r in records],
+        accuracy=summary["pass@1"],
+        ci=tuple(summary["pass@1_ci95"]),
+        well_formed=float(np.mean([well_formed(r["text"], plain) for r in records])),
+        peak_kv_tokens=summary["peak_kv_tokens"],
+        auc_ktok=summary["auc_kv_ktok"],
+        generated_tokens=summary["tokens"],
+        tokens_per_s=tokens / max(summary["seconds_now"], 1e-9),
+        records=records,
     )
 
 
-def _well_formed(text: str, plain: bool) -> bool:
+def well_formed(text: str, plain: bool) -> bool:
     text = text.removesuffix("<|im_end|>")
     if plain:
         return text.startswith("<think>") and text.count("</think>") == 1 and "<|block_start|>" not in text
@@ -68,21 +59,11 @@ def _well_formed(text: str, plain: bool) -> bool:
     return not recovered.dropped and bool(recovered.trace.blocks)
 
 
-def evaluate(
-    model,
-    tokenizer,
-    traces: list[Trace],
-    policy: EvictionPolicy,
-    batch_size: int = 32,
-    max_new_tokens: int = 1024,
-    plain: bool = False,
-) -> Scores:
-    """Generate an answer to every trace's problem under `policy` (greedy) and score it against the trace."""
-    if not traces:
-        raise ValueError("evaluate needs at least one problem")
-    engine = ReferenceEngine(model, tokenizer, policy)
-    start = time.perf_counter()
-    generations = engine.generate(
-        [t.problem for t in traces], Sampling(max_new_tokens=max_new_tokens), batch_size=batch_size
-    )
-    return score(traces, generations, time.perf_counter() - start, plain)
+def evaluate(model: Path, task: str, policy: EvictionPolicy, out: Path, problems: int, batch_size: int = 32,
+             max_new_tokens: int = 1024, plain: bool = False) -> Scores:  # fmt: skip
+    """Score the model folder `model` on the first `problems` held-out problems of toy task `task` under `policy`
+    (greedy), its run written afresh into `out` (a model retrained in place must not reuse old records)."""
+    settings = EvalSettings(str(model), f"toy:{task}", max_new_tokens=max_new_tokens, policy=policy)
+    shutil.rmtree(out, ignore_errors=True)
+    summary = run.evaluate(settings, out, problems, batch_size, progress=False, save_every=problems)
+    return score(summary, run.read_records(out), plain)

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 import yaml
 
-from memento.core.intervals import Difference, paired_difference
+from memento.core.intervals import Difference
 from memento.core.policy import EvictionPolicy
-from memento.synthetic.tasks import SCORING_SEED, held_out
+from memento.eval.run import paired
+from memento.synthetic.tasks import held_out
 from memento.toy.evaluate import Scores, evaluate
 
 log = logging.getLogger(__name__)
@@ -149,30 +150,32 @@ class Accuracy(NamedTuple):
     restart: Scores | None = None
 
 
-def accuracy(
-    folders: dict, task: str, size: Size, seed: int = SCORING_SEED, restart_for=("curriculum",)
-) -> list[Accuracy]:
-    """Score every model on the same problems, drawn from those never trained on (`tasks.held_out`)."""
-    problems = held_out(task, size.problems, seed)
-    out = []
+def accuracy(folders: dict, task: str, size: Size, out: Path, restart_for=("curriculum",)) -> list[Accuracy]:
+    """Score every model on the same `size.problems` problems, the first of the task's held-out scoring set (never
+    trained on: `toy:TASK` in `memento eval`), each run into `out/<model>-<full|evict|restart>`."""
+    results = []
     for name, folder in folders.items():
-        model, tokenizer = load(folder)
         plain = BY_NAME[name].plain if name in BY_NAME else False
 
-        def run(policy, model=model, tokenizer=tokenizer, plain=plain):
-            return evaluate(model, tokenizer, problems, policy, 32, size.max_new_tokens, plain)
+        def run(mode, policy, name=name, folder=folder, plain=plain):
+            return evaluate(folder, task, policy, out / f"{name}-{mode}", size.problems, 32, size.max_new_tokens, plain)
 
-        full = run(FULL)
-        evict = None if plain else run(EVICT)
-        again = run(RESTART) if name in restart_for else None
-        out.append(Accuracy(name, full, evict, again))
+        full = run("full", FULL)
+        evict = None if plain else run("evict", EVICT)
+        again = run("restart", RESTART) if name in restart_for else None
+        results.append(Accuracy(name, full, evict, again))
         log.info("%s: full %.3f, evict %s", name, full.accuracy, None if evict is None else f"{evict.accuracy:.3f}")
-    return out
+    return results
+
+
+def difference(a: Scores, b: Scores) -> Difference:
+    """a minus b, paired over the same problems (`memento.eval.run.paired`)."""
+    return paired(a.records, b.records)
 
 
 def restart_effect(result: Accuracy) -> Difference:
     """Restart minus normal eviction, paired over the same problems (the paper: -15.3 pp on AIME24, Qwen3-8B)."""
-    return paired_difference(result.restart.correct, result.evict.correct)
+    return difference(result.restart, result.evict)
 
 
 def probe(folder: Path, task: str, size: Size, seed: int = 20_000, block: int = 1) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from memento.core.plots import pyplot, save
+from memento.toy import experiments
 from memento.toy.experiments import BY_NAME, Accuracy, restart_effect
 
 PAPER = {
@@ -156,19 +157,17 @@ def plot_curves(logs: dict[str, Path], path: Path) -> Path:
 def comparisons(results: list[Accuracy]) -> dict:
     """The curriculum with eviction vs the Control; curriculum vs stage-2-only at equal total and equal stage-2
     compute; restart vs eviction. All paired over the same problems."""
-    from memento.core.intervals import paired_difference
-
     by = {r.name: r for r in results}
     out = {}
     cur = by.get("curriculum")
     if cur and "control" in by:
         control = by["control"].full
-        difference = paired_difference(cur.evict.correct, control.correct)._asdict()
+        difference = experiments.difference(cur.evict, control)._asdict()
         out["memento vs control"] = {"curriculum": cur.evict.accuracy, "control": control.accuracy,
                                      "difference": difference}  # fmt: skip
     for other, label in (("stage2-total", "equal total compute"), ("stage2-only", "equal stage-2 compute")):
         if cur and other in by:
-            difference = paired_difference(cur.evict.correct, by[other].evict.correct)._asdict()
+            difference = experiments.difference(cur.evict, by[other].evict)._asdict()
             out[label] = {"curriculum": cur.evict.accuracy, other: by[other].evict.accuracy, "difference": difference}
     if cur and cur.restart is not None:
         out["restart"] = {"evict": cur.evict.accuracy, "restart": cur.restart.accuracy,
