@@ -12,7 +12,6 @@ measurement on any model / traces: `memento bench throughput --model DIR --trace
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -50,21 +49,14 @@ def main() -> None:
     model = str(smollm2_memento_dir())
     traces = read_traces(PAPER_TRACE)
     work = bench.workload(AutoTokenizer.from_pretrained(model), traces, REQUESTS, SCALE, "the paper's AIME25 trace")
-    lines, results = ["# Throughput: vLLM + Memento vs stock vLLM", ""], {}
+    sections = []
     for n in POOLS:
         pages = math.ceil(n * work.longest / 32)
         result = bench.compare(model, work, policy=EvictionPolicy(0), pages=pages)
         result["settings"]["model"] = "SmolLM2-135M-Instruct + Memento tokens"
-        plot = bench.plot(result, OUT / f"throughput-pool{n}.png")
-        results[f"pool of {n} requests"] = result
-        report = bench.report(result, ".venv/bin/python benchmarks/throughput.py")
-        lines += [f"## KV pool = {n} x the longest request", "", *report, "", f"![KV usage over time]({plot.name})", ""]
-    OUT.mkdir(parents=True, exist_ok=True)
-    series = {pool: result.pop("series") for pool, result in results.items()}  # KV samples per step: compact
-    (OUT / "throughput.json").write_text(json.dumps(results, indent=1) + "\n")
-    (OUT / "throughput-series.json").write_text(json.dumps(series, separators=(",", ":")) + "\n")
-    lines.append(NOTES)
-    (OUT / "throughput.md").write_text("\n".join(lines))
+        sections.append(bench.Section(f"KV pool = {n} x the longest request", f"pool{n}", result))
+    lines = bench.write_report(sections, OUT, ".venv/bin/python benchmarks/throughput.py",
+                               "Throughput: vLLM + Memento vs stock vLLM", NOTES)  # fmt: skip
     print("\n".join(lines))
 
 

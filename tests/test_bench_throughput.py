@@ -5,6 +5,8 @@ The engines themselves run in `benchmarks/throughput.py` (minutes); here, the pa
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import AIME_TRACE
 
@@ -70,3 +72,25 @@ def test_report_and_plot_of_a_comparison(bench, tmp_path):
     assert "1.75x" in text  # the paper's number, cited beside ours
     png = bench.plot(result, tmp_path / "kv.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reports_are_written_for_one_comparison_or_several(bench, tmp_path):
+    settings = {"model": "m", "dtype": "bfloat16", "requests": 4, "traces": "t", "scale": 0.5,
+                "policy": {"keep_last_n_blocks": 0, "restart": False}, "kv_pool_pages": 64, "block_size": 32,
+                "kv_pool_tokens": 2048, "longest_request_tokens": 900,
+                "completion_tokens": {"min": 250, "max": 250, "total": 1000}}  # fmt: skip
+    stock = bench.Run("stock vLLM", 10.0, 1000, 0, 64, 32, [[0.0, 64, 4, 0]]).summary()
+    mem = bench.Run("vLLM + Memento", 5.0, 1000, 0, 64, 32, [[0.0, 32, 4, 0]]).summary()
+    ratios = {"throughput": 2.0, "completion_time": 2.0, "mean_running": 1.0, "max_running": 1.0,
+              "kv_per_running_request": 2.0}  # fmt: skip
+    series = {"stock vLLM": [[0.0, 64, 4, 0]], "vLLM + Memento": [[0.0, 32, 4, 0]]}
+    result = {"settings": settings, "stock": stock, "memento": mem, "ratios": ratios, "series": series}
+    lone = bench.write_report([bench.Section(None, "x", result)], tmp_path / "one", "cmd", "T")
+    assert lone[0] == "# T" and "![KV usage over time](throughput.png)" in lone
+    assert json.loads((tmp_path / "one" / "throughput.json").read_text())["ratios"] == ratios
+    assert json.loads((tmp_path / "one" / "throughput-series.json").read_text()) == series
+    sections = [bench.Section(f"pool {n}", f"pool{n}", result) for n in (4, 2)]
+    lines = bench.write_report(sections, tmp_path / "two", "cmd", "T", notes="## Notes")
+    assert "## pool 4" in lines and "![KV usage over time](throughput-pool2.png)" in lines and lines[-1] == "## Notes"
+    assert set(json.loads((tmp_path / "two" / "throughput.json").read_text())) == {"pool4", "pool2"}
+    assert (tmp_path / "two" / "throughput-pool4.png").read_bytes()[:4] == b"\x89PNG"

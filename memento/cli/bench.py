@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -68,21 +67,10 @@ def throughput(
     result = bench.compare(model, work, policy=pol, pages=kv_pages, block_size=block_size, dtype=dtype,
                            phase=lambda text: err.print(f"[dim]·[/dim] {text}"))  # fmt: skip
     command = shlex.join(["memento", "bench", "throughput", *sys.argv[3:]])
-    write(result, out_dir, command, title="Throughput: vLLM + Memento vs stock vLLM")
+    lines = bench.write_report([bench.Section(None, "throughput", result)], out_dir, command,
+                               title="Throughput: vLLM + Memento vs stock vLLM")  # fmt: skip
+    out.print("\n".join(lines[2:-3]))
     r = result["ratios"]
     out.print(f"Memento: {r['throughput']:.2f}x output tokens/s, {r['completion_time']:.2f}x faster batch, "
               f"{r['mean_running']:.2f}x requests running on average")  # fmt: skip
     out.print(f"report: {out_dir / 'throughput.md'}")
-
-
-def write(result: dict, out_dir: Path, command: str, title: str) -> None:
-    from memento.engine.vllm import bench
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {k: v for k, v in result.items() if k != "series"}
-    (out_dir / "throughput.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (out_dir / "throughput-series.json").write_text(json.dumps(result["series"], separators=(",", ":")) + "\n")
-    bench.plot(result, out_dir / "throughput.png")
-    lines = [f"# {title}", "", *bench.report(result, command), "", "![KV usage over time](throughput.png)"]
-    (out_dir / "throughput.md").write_text("\n".join(lines) + "\n")
-    out.print("\n".join(lines[2:-2]))

@@ -27,6 +27,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from vllm.v1.core.sched.scheduler import Scheduler
 
@@ -300,4 +301,34 @@ def report(result: dict, command: str) -> list[str]:
         m = me["memento"]
         lines.insert(-1, f"Memento evicted {m['evicted_tokens']} tokens in {m['evictions']} evictions; the largest "
                      f"request held at most {m['peak_kv_tokens_max']} tokens.\n")  # fmt: skip
+    return lines
+
+
+class Section(NamedTuple):
+    """One comparison in a saved report: its heading (None: a lone comparison), the name of its plot and JSON key."""
+
+    heading: str | None
+    name: str
+    result: dict
+
+
+def write_report(sections: list[Section], out_dir: Path, command: str, title: str, notes: str = "") -> list[str]:
+    """Write `throughput.md`, `throughput.json`, `throughput-series.json` (the KV samples per step, compact) and a
+    plot per comparison (`throughput.png` for a lone one, else `throughput-NAME.png`) into `out_dir`; return the
+    report's lines. Several comparisons are keyed by name in the JSON files; a lone one is the files' whole content."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines, summaries, series = [f"# {title}", ""], {}, {}
+    for s in sections:
+        png = plot(s.result, out_dir / (f"throughput-{s.name}.png" if s.heading else "throughput.png")).name
+        summaries[s.name] = {k: v for k, v in s.result.items() if k != "series"}
+        series[s.name] = s.result["series"]
+        lines += [*([f"## {s.heading}", ""] if s.heading else []), *report(s.result, command), "",
+                  f"![KV usage over time]({png})", ""]  # fmt: skip
+    lone = len(sections) == 1 and sections[0].heading is None
+    summary, samples = (summaries[sections[0].name], series[sections[0].name]) if lone else (summaries, series)
+    (out_dir / "throughput.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out_dir / "throughput-series.json").write_text(json.dumps(samples, separators=(",", ":")) + "\n")
+    if notes:
+        lines.append(notes)
+    (out_dir / "throughput.md").write_text("\n".join(lines))
     return lines
