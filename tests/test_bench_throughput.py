@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import AIME_TRACE
+from helpers import AIME_TRACE
 
 from memento.core.chat import memento_ids
 from memento.core.errors import MementoError

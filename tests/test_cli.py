@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import AIME_TRACE
+from helpers import AIME_TRACE
 
 MEMENTO = str(Path(sys.executable).parent / "memento")
 

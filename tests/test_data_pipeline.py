@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RAW_TRACE
+from helpers import RAW_TRACE
 
 from memento.core.chat import label_trace
 from memento.core.errors import MementoError

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import small_trace
+from helpers import policies, small_trace, tiny_model
 
 from memento.core.chat import encode_chat, memento_ids
 from memento.core.errors import MementoError, MissingTokensError
@@ -19,24 +19,8 @@ from memento.engine.reference import Decoder, teacher_force
 from memento.engine.sampling import Sampling
 from memento.synthetic.sums import sums_traces
 
-POLICIES = {
-    "keep0": EvictionPolicy(0),
-    "keep1": EvictionPolicy(1),
-    "keep0-mask-delimiters": EvictionPolicy(0, mask_delimiters=True),
-    "keep0-last-block-for-answer": EvictionPolicy(0, keep_last_block_for_answer=True),
-    "keep0-restart": EvictionPolicy(0, restart=True),
-    "keep1-restart": EvictionPolicy(1, restart=True),
-}
-
-
-def tiny_model(vocab: int, arch: str = "llama"):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(0)
-    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
-    if arch == "qwen3":
-        return Qwen3ForCausalLM(Qwen3Config(**common, num_key_value_heads=2, head_dim=16)).eval()
-    return LlamaForCausalLM(LlamaConfig(**common, num_key_value_heads=2)).eval()
+POLICIES = policies("keep0", "keep1", "keep0-mask-delimiters", "keep0-last-block-for-answer", "keep0-restart",
+                    "keep1-restart")  # fmt: skip
 
 
 @pytest.fixture(scope="module")

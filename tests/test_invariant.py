@@ -7,10 +7,11 @@ fp32. Checked on random tiny Qwen3 and Llama models and on the real SmolLM2-135M
 
 from __future__ import annotations
 
+import helpers
 import numpy as np
 import pytest
 import torch
-from conftest import small_trace
+from helpers import policies, small_trace
 from hypothesis import HealthCheck, given, settings
 from test_format import traces
 
@@ -21,13 +22,7 @@ from memento.engine.reference import teacher_force
 from memento.tokenizer import load_tokenizer
 from memento.train.masks import model_mask
 
-POLICIES = {
-    "keep0": EvictionPolicy(0),
-    "keep1": EvictionPolicy(1),
-    "keep0-mask-delimiters": EvictionPolicy(0, mask_delimiters=True),
-    "keep1-mask-delimiters": EvictionPolicy(1, mask_delimiters=True),
-    "keep0-last-block-for-answer": EvictionPolicy(0, keep_last_block_for_answer=True),
-}
+POLICIES = policies("keep0", "keep1", "keep0-mask-delimiters", "keep1-mask-delimiters", "keep0-last-block-for-answer")
 TOL = 1e-4
 
 
@@ -36,22 +31,11 @@ def tokenizer(smollm2_dir):
     return load_tokenizer(str(smollm2_dir))
 
 
-def tiny(arch: str, vocab: int, attention: str = "sdpa"):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(0)
-    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
-    if arch == "qwen3":
-        config = Qwen3Config(**common, num_key_value_heads=2, head_dim=16, attn_implementation=attention)
-        return Qwen3ForCausalLM(config).eval()
-    return LlamaForCausalLM(LlamaConfig(**common, num_key_value_heads=2, attn_implementation=attention)).eval()
-
-
 @pytest.fixture(scope="module", params=["qwen3", "llama", "llama-eager"])
 def tiny_model(request, tokenizer):
     """sdpa models, and one with eager attention (which must get an additive mask, not a boolean one)."""
     arch, _, attention = request.param.partition("-")
-    model = tiny(arch, len(tokenizer), attention or "sdpa")
+    model = helpers.tiny_model(len(tokenizer), arch, attention or "sdpa")
     assert model.config._attn_implementation == (attention or "sdpa")
     return model
 
@@ -95,7 +79,7 @@ def test_masked_forward_equals_evicted_decoding(tiny_model, tokenizer, name):
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(trace=traces)
 def test_invariant_on_generated_traces(tokenizer, trace):
-    model = tiny("qwen3", len(tokenizer))
+    model = helpers.tiny_model(len(tokenizer), "qwen3")
     for policy in (POLICIES["keep0"], POLICIES["keep1-mask-delimiters"]):
         check(model, tokenizer, trace, policy)
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import AIME_TRACE, small_trace
+from helpers import AIME_TRACE, small_trace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_format import traces

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import small_trace
+from helpers import small_trace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_format import traces

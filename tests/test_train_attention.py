@@ -4,6 +4,7 @@ on arbitrary Memento-shaped masks, and a whole model's losses and gradients in t
 from __future__ import annotations
 
 import torch
+from helpers import tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,17 +50,13 @@ def _losses_and_grads(model, batch, mask, restart):
 
 def test_training_with_memento_sdpa_equals_sdpa():
     """Long enough that the chunked path runs (T > CHUNK), with padding, GQA, and both masks."""
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     register()
     tokenizer = char_tokenizer()
     traces = sums_traces(3, seed=1, blocks=(4, 5), terms=8)
     examples, _ = build_examples(traces, tokenizer, max_length=4096)
     assert max(len(e.ids) for e in examples) > 2 * CHUNK
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa")  # fmt: skip
-    model = LlamaForCausalLM(config)
+    model = tiny_model(len(tokenizer), hidden=32)
     for policy, mask in (
         (EvictionPolicy(0), "memento"),
         (EvictionPolicy(0, restart=True), "memento"),

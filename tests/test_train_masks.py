@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import small_trace
+from helpers import small_trace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_format import traces

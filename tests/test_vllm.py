@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import AIME_TRACE
+from helpers import AIME_TRACE, policies
 
 from memento.core.chat import encode_chat
 from memento.core.format import Block, render
@@ -24,15 +24,8 @@ from memento.engine.sampling import Sampling
 pytestmark = [pytest.mark.xdist_group("vllm"), pytest.mark.slow]
 
 TOY = Path(__file__).resolve().parents[1] / "memento" / "toy" / "checkpoints" / "curriculum"
-POLICIES = {
-    "keep0": EvictionPolicy(0),
-    "keep1": EvictionPolicy(1),
-    "keep0-last-block-for-answer": EvictionPolicy(0, keep_last_block_for_answer=True),
-    "keep0-mask-delimiters": EvictionPolicy(0, mask_delimiters=True),
-    "restart": EvictionPolicy(0, restart=True),
-    "keep0-max-block-tokens": EvictionPolicy(0, max_block_tokens=40),
-    "full": EvictionPolicy(-1),
-}
+POLICIES = policies("keep0", "keep1", "keep0-last-block-for-answer", "keep0-mask-delimiters", "keep0-restart",
+                    "keep0-max-block-tokens", "full")  # fmt: skip
 
 
 def start(model, tmp_path_factory, **kwargs):
@@ -171,7 +164,7 @@ def test_a_kv_pool_smaller_than_one_request_serves_them_all(tmp_path_factory, to
 
 # -- SmolLM2-135M with the Memento tokens added, driven through the shape of a real trace by teacher forcing -------
 
-SMOL_POLICIES = ["keep0", "keep1", "keep0-last-block-for-answer", "restart"]
+SMOL_POLICIES = ["keep0", "keep1", "keep0-last-block-for-answer", "keep0-restart"]
 
 
 def real_shaped_trace():
