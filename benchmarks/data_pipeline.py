@@ -31,9 +31,15 @@ def run(latency: float, workers: int) -> dict:
         seconds = time.perf_counter() - t0
         shutil.rmtree(tmp)
         calls = llm.requests["total"]
-    return {"latency_s": latency, "workers": workers, "traces": stats["succeeded"], "calls": calls,
-            "seconds": seconds, "calls_per_s": calls / seconds, "ideal_calls_per_s": workers / latency if latency
-            else None}  # fmt: skip
+    return {
+        "latency_s": latency,
+        "workers": workers,
+        "traces": stats["succeeded"],
+        "calls": calls,
+        "seconds": seconds,
+        "calls_per_s": calls / seconds,
+        "ideal_calls_per_s": workers / latency if latency else None,
+    }
 
 
 def main() -> None:
@@ -42,17 +48,20 @@ def main() -> None:
     for r in rows:
         print(r)
     lines = header(
-        "Data pipeline throughput vs workers (OpenAI-compatible backend, loopback server)", "data_pipeline.py",
+        "Data pipeline throughput vs workers (OpenAI-compatible backend, loopback server)",
+        "data_pipeline.py",
         f"{TRACES} CHAMP solutions, default settings (judge rounds 2). Each run includes tokenizer load (~1 s).",
-    )  # fmt: skip
+    )
     lines += [
         "| server latency (s) | workers | LLM calls | seconds | calls/s | ideal workers/latency | per trace (s) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ideal = f"{r['ideal_calls_per_s']:.1f}" if r["ideal_calls_per_s"] else "-"
-        lines.append(f"| {r['latency_s']} | {r['workers']} | {r['calls']} | {r['seconds']:.1f} | "
-                     f"{r['calls_per_s']:.1f} | {ideal} | {r['seconds'] / max(r['traces'], 1):.3f} |")  # fmt: skip
+        lines.append(
+            f"| {r['latency_s']} | {r['workers']} | {r['calls']} | {r['seconds']:.1f} | "
+            f"{r['calls_per_s']:.1f} | {ideal} | {r['seconds'] / max(r['traces'], 1):.3f} |"
+        )
     write("data_pipeline", {"runs": rows}, lines)
 
 

@@ -46,16 +46,23 @@ def main() -> None:
             compare(labelled.spans, EvictionPolicy(), PRESETS["qwen3-8b"], labelled.encoded.completion_start)
         t2 = time.perf_counter()
         n = len(labelled.spans)
-        timings.append({"trace": name, "tokens": n, "encode_label_ms": 1e3 * (t1 - t0),
-                        "replay_full_vs_keep0_ms": 1e3 * (t2 - t1) / reps})  # fmt: skip
+        timings.append(
+            {
+                "trace": name,
+                "tokens": n,
+                "encode_label_ms": 1e3 * (t1 - t0),
+                "replay_full_vs_keep0_ms": 1e3 * (t2 - t1) / reps,
+            }
+        )
         for preset in PRESETS.values():
             for policy in ("keep0", "keep1"):
                 s = compare(labelled.spans, EvictionPolicy.named(policy), preset, labelled.encoded.completion_start)
                 rows.append({"trace": name, "tokens": n, "model": preset.name, "policy": policy} | s.summary())
     lines = header(
-        "KV accounting: Memento vs full attention (token replay)", "kv_accounting.py",
+        "KV accounting: Memento vs full attention (token replay)",
+        "kv_accounting.py",
         "Tokens counted with the Qwen3 vocabulary (stand-in for phi-4 and OLMo-3). GB = 1e9 bytes.",
-    )  # fmt: skip
+    )
     lines += [
         "| trace | tokens | model | policy | full peak GB | memento peak GB | peak ratio | AUC ratio |",
         "|---|---|---|---|---|---|---|---|",
@@ -65,8 +72,13 @@ def main() -> None:
             f"| {r['trace']} | {r['tokens']} | {r['model']} | {r['policy']} | {r['full_peak_bytes'] / 1e9:.3f} "
             f"| {r['memento_peak_bytes'] / 1e9:.3f} | {r['peak_ratio']:.2f} | {r['auc_ratio']:.2f} |"
         )
-    lines += ["", "## Simulator speed", "", "| trace | tokens | encode + label (ms) | replay full + keep0 (ms) |",
-              "|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Simulator speed",
+        "",
+        "| trace | tokens | encode + label (ms) | replay full + keep0 (ms) |",
+        "|---|---|---|---|",
+    ]
     for t in timings:
         lines.append(
             f"| {t['trace']} | {t['tokens']} | {t['encode_label_ms']:.1f} | {t['replay_full_vs_keep0_ms']:.2f} |"

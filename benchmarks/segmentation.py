@@ -44,8 +44,15 @@ def main() -> None:
             repeats = 3 if n < 1000 else 1
             seconds = timed(lambda a=lengths, s=scores, c=cap: segment(a, s, 0.5, 200, c), repeats)
             seg = segment(lengths, scores, 0.5, 200, cap)
-            rows.append({"units": n, "tokens": int(lengths.sum()), "max_block_tokens": cap, "seconds": seconds,
-                         "blocks": len(seg.blocks)})  # fmt: skip
+            rows.append(
+                {
+                    "units": n,
+                    "tokens": int(lengths.sum()),
+                    "max_block_tokens": cap,
+                    "seconds": seconds,
+                    "blocks": len(seg.blocks),
+                }
+            )
             print(rows[-1])
     pipeline = {}
     for spec, limit in (("champ", 100), (str(RAW), None)):
@@ -57,8 +64,11 @@ def main() -> None:
         pipeline[Path(spec).name] = {"traces": stats["traces"], "seconds": time.perf_counter() - t0}
         shutil.rmtree(tmp)
         print(pipeline)
-    lines = header("Exact segmentation and offline pipeline speed", "segmentation.py",
-                   "Targets (issue #3): <= 200 ms at 200 units, <= 1 s at 400 units.")  # fmt: skip
+    lines = header(
+        "Exact segmentation and offline pipeline speed",
+        "segmentation.py",
+        "Targets (issue #3): <= 200 ms at 200 units, <= 1 s at 400 units.",
+    )
     lines += [
         "| units | tokens | max block tokens | seconds (best of 3) | blocks |",
         "|---|---|---|---|---|",
@@ -71,8 +81,9 @@ def main() -> None:
         "| offline pipeline input | traces | seconds (incl. tokenizer load) | per trace |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {k} | {v['traces']} | {v['seconds']:.1f} | {v['seconds'] / v['traces']:.3f} |"
-              for k, v in pipeline.items()]  # fmt: skip
+    lines += [
+        f"| {k} | {v['traces']} | {v['seconds']:.1f} | {v['seconds'] / v['traces']:.3f} |" for k, v in pipeline.items()
+    ]
     write("segmentation", {"segment": rows, "pipeline": pipeline}, lines)
 
 

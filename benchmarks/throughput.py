@@ -55,8 +55,9 @@ def main() -> None:
         result = bench.compare(model, work, policy=EvictionPolicy(0), pages=pages)
         result["settings"]["model"] = "SmolLM2-135M-Instruct + Memento tokens"
         sections.append(bench.Section(f"KV pool = {n} x the longest request", f"pool{n}", result))
-    lines = bench.write_report(sections, OUT, ".venv/bin/python benchmarks/throughput.py",
-                               "Throughput: vLLM + Memento vs stock vLLM", NOTES)  # fmt: skip
+    lines = bench.write_report(
+        sections, OUT, ".venv/bin/python benchmarks/throughput.py", "Throughput: vLLM + Memento vs stock vLLM", NOTES
+    )
     print("\n".join(lines))
 
 

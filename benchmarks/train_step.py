@@ -94,8 +94,9 @@ class Setup:
         pad = tokenizer.pad_token_id or 0
         self.collate = {"causal": Collator(pad, None), "memento": Collator(pad, self.policy)}
         self.batch = {kind: collate(self.examples) for kind, collate in self.collate.items()}
-        config = AutoConfig.for_model("llama", vocab_size=len(tokenizer), max_position_embeddings=4096,
-                                      tie_word_embeddings=True, **values)  # fmt: skip
+        config = AutoConfig.for_model(
+            "llama", vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=True, **values
+        )
         register()
         self.model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
         self.model.config.pad_token_id = tokenizer.pad_token_id
@@ -103,10 +104,16 @@ class Setup:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.precision = precision
         self.tokens = int((self.batch["causal"]["labels"] != IGNORE).sum())
-        self.info = {"config": name, "precision": precision, "tokenizer": spec, "model_config": values,
-                     "params": sum(p.numel() for p in self.model.parameters()), "batch": batch_size,
-                     "length": self.batch["causal"]["input_ids"].shape[1],
-                     "padding": int(self.batch["causal"]["pad"].sum())}  # fmt: skip
+        self.info = {
+            "config": name,
+            "precision": precision,
+            "tokenizer": spec,
+            "model_config": values,
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "batch": batch_size,
+            "length": self.batch["causal"]["input_ids"].shape[1],
+            "padding": int(self.batch["causal"]["pad"].sum()),
+        }
 
     def step(self, mask: str) -> float:
         """One trainer micro-step of a variant (causal | explicit | memento-sdpa | memento); wall ms."""
@@ -215,7 +222,8 @@ def report(runs: list[dict], seconds: float) -> None:
     from results_file import header, write  # benchmarks/results_file.py (scripts run from benchmarks/)
 
     lines = header(
-        "Training step: Memento mask (stage 2) vs causal (stage 1) on CPU", "train_step.py",
+        "Training step: Memento mask (stage 2) vs causal (stage 1) on CPU",
+        "train_step.py",
         f"torch {torch.__version__}, {THREADS} threads, AdamW. Total run {seconds / 60:.1f} min.",
         "",
         "Step = forward + loss + backward + clip + AdamW, the trainer's micro-step. *causal*: stage 1 (the model's "
@@ -227,14 +235,16 @@ def report(runs: list[dict], seconds: float) -> None:
         "Mask build = `model_mask` (dense (B, 1, T, T) bool from schedule + pad; part of the stage-2 steps). "
         "Density = attended pairs / causal pairs. Peak RSS = ru_maxrss of a fresh process that builds the model and "
         "runs two steps of that variant.",
-    )  # fmt: skip
+    )
     for precision in PRECISIONS:
         lines += [
-            "", f"## {precision}" + (" (torch.autocast cpu bfloat16, fp32 weights)" if precision == "bf16" else ""), "",
+            "",
+            f"## {precision}" + (" (torch.autocast cpu bfloat16, fp32 weights)" if precision == "bf16" else ""),
+            "",
             "| model | params | batch x length | causal ms | explicit ms | memento, sdpa ms | memento ms | ratio "
             "| mask build ms | density | peak RSS MB (causal, memento sdpa, memento) |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]  # fmt: skip
+        ]
         for r in (r for r in runs if r["precision"] == precision):
             v = r["model_config"]
             model = f"Llama h{v['hidden_size']} x{v['num_hidden_layers']}, {r['tokenizer']} vocab"
@@ -245,10 +255,14 @@ def report(runs: list[dict], seconds: float) -> None:
                 f"| {r['memento_ms'] / r['causal_ms']:.2f} | {r['mask_ms']:.1f} | {r['mask_density']:.2f} "
                 f"| {rss} |"
             )
-    lines += ["", "## Attention alone (forward + backward, ms)", "",
-              "| model | precision | B, H, T, D | SDPA is_causal | SDPA causal bool mask | SDPA Memento mask "
-              "| chunked_sdpa, Memento mask |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Attention alone (forward + backward, ms)",
+        "",
+        "| model | precision | B, H, T, D | SDPA is_causal | SDPA causal bool mask | SDPA Memento mask "
+        "| chunked_sdpa, Memento mask |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
         a = r["attention"]
         lines.append(
@@ -306,8 +320,12 @@ def main() -> None:
             r = spawn("--timing", name, precision)
             r["rss"] = {mask: spawn("--memory", name, precision, mask)["rss_peak_mb"] for mask in RSS_MASKS}
             runs.append(r)
-            print(f"{name} {precision}: " + ", ".join(f"{m} {r[f'{m}_ms']:.0f} ms" for m in MASKS)
-                  + f", attention {r['attention']}, rss {r['rss']}", flush=True)  # fmt: skip
+            print(
+                f"{name} {precision}: "
+                + ", ".join(f"{m} {r[f'{m}_ms']:.0f} ms" for m in MASKS)
+                + f", attention {r['attention']}, rss {r['rss']}",
+                flush=True,
+            )
     report(runs, time.perf_counter() - t0)
 
 

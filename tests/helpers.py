@@ -43,8 +43,15 @@ def tiny_model(vocab: int, arch: str = "llama", attention: str = "sdpa", hidden:
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
-    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, attn_implementation=attention)  # fmt: skip
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_implementation=attention,
+    )
     if arch == "qwen3":
         return Qwen3ForCausalLM(Qwen3Config(**common, head_dim=hidden // 4)).eval()
     return LlamaForCausalLM(LlamaConfig(**common)).eval()

@@ -59,12 +59,26 @@ def test_report_and_plot_of_a_comparison(bench, tmp_path):
         return bench.Run(engine, seconds, 1000, 0, 64, 32, [[0.0, pages, 4, 0], [seconds / 2, pages // 2, 2, 0]])
 
     stock, mem = run("stock vLLM", 10.0, 64).summary(), run("vLLM + Memento", 5.0, 32).summary()
-    settings = {"model": "m", "dtype": "bfloat16", "requests": 4, "traces": "t", "scale": 0.5,
-                "policy": {"keep_last_n_blocks": 0, "restart": False}, "kv_pool_pages": 64, "block_size": 32,
-                "kv_pool_tokens": 2048, "longest_request_tokens": 900,
-                "completion_tokens": {"min": 250, "max": 250, "total": 1000}}  # fmt: skip
-    ratios = {"throughput": 2.0, "completion_time": 2.0, "mean_running": 1.0, "max_running": 1.0,
-              "kv_per_running_request": 2.0}  # fmt: skip
+    settings = {
+        "model": "m",
+        "dtype": "bfloat16",
+        "requests": 4,
+        "traces": "t",
+        "scale": 0.5,
+        "policy": {"keep_last_n_blocks": 0, "restart": False},
+        "kv_pool_pages": 64,
+        "block_size": 32,
+        "kv_pool_tokens": 2048,
+        "longest_request_tokens": 900,
+        "completion_tokens": {"min": 250, "max": 250, "total": 1000},
+    }
+    ratios = {
+        "throughput": 2.0,
+        "completion_time": 2.0,
+        "mean_running": 1.0,
+        "max_running": 1.0,
+        "kv_per_running_request": 2.0,
+    }
     series = {"stock vLLM": [[0.0, 64, 4, 0]], "vLLM + Memento": [[0.0, 32, 4, 0]]}
     result = {"settings": settings, "stock": stock, "memento": mem, "ratios": ratios, "series": series}
     text = "\n".join(bench.report(result, "memento bench throughput"))
@@ -75,14 +89,28 @@ def test_report_and_plot_of_a_comparison(bench, tmp_path):
 
 
 def test_reports_are_written_for_one_comparison_or_several(bench, tmp_path):
-    settings = {"model": "m", "dtype": "bfloat16", "requests": 4, "traces": "t", "scale": 0.5,
-                "policy": {"keep_last_n_blocks": 0, "restart": False}, "kv_pool_pages": 64, "block_size": 32,
-                "kv_pool_tokens": 2048, "longest_request_tokens": 900,
-                "completion_tokens": {"min": 250, "max": 250, "total": 1000}}  # fmt: skip
+    settings = {
+        "model": "m",
+        "dtype": "bfloat16",
+        "requests": 4,
+        "traces": "t",
+        "scale": 0.5,
+        "policy": {"keep_last_n_blocks": 0, "restart": False},
+        "kv_pool_pages": 64,
+        "block_size": 32,
+        "kv_pool_tokens": 2048,
+        "longest_request_tokens": 900,
+        "completion_tokens": {"min": 250, "max": 250, "total": 1000},
+    }
     stock = bench.Run("stock vLLM", 10.0, 1000, 0, 64, 32, [[0.0, 64, 4, 0]]).summary()
     mem = bench.Run("vLLM + Memento", 5.0, 1000, 0, 64, 32, [[0.0, 32, 4, 0]]).summary()
-    ratios = {"throughput": 2.0, "completion_time": 2.0, "mean_running": 1.0, "max_running": 1.0,
-              "kv_per_running_request": 2.0}  # fmt: skip
+    ratios = {
+        "throughput": 2.0,
+        "completion_time": 2.0,
+        "mean_running": 1.0,
+        "max_running": 1.0,
+        "kv_per_running_request": 2.0,
+    }
     series = {"stock vLLM": [[0.0, 64, 4, 0]], "vLLM + Memento": [[0.0, 32, 4, 0]]}
     result = {"settings": settings, "stock": stock, "memento": mem, "ratios": ratios, "series": series}
     lone = bench.write_report([bench.Section(None, "x", result)], tmp_path / "one", "cmd", "T")

@@ -93,22 +93,37 @@ def test_probe_cli(tmp_path):
 @pytest.mark.parametrize(
     ("args", "content", "message"),
     [
-        (["inspect", "{f}"], '{"problem": "p", "response": "<think><|block_start|>x</think>A"}\n',
-         "unclosed block: </think> before <|block_end|> (at character 23)"),
-        (["kv", "{f}", "--model", "qwen9"], '{"problem": "p", "response": "<think></think>A"}\n',
-         "unknown model preset 'qwen9'"),
+        (
+            ["inspect", "{f}"],
+            '{"problem": "p", "response": "<think><|block_start|>x</think>A"}\n',
+            "unclosed block: </think> before <|block_end|> (at character 23)",
+        ),
+        (
+            ["kv", "{f}", "--model", "qwen9"],
+            '{"problem": "p", "response": "<think></think>A"}\n',
+            "unknown model preset 'qwen9'",
+        ),
         (["inspect", "{f}/nope.jsonl"], None, "cannot read"),
         (["kv", "{f}", "--model", "qwen3-8b", "--policy", "keepall"], "{}", "unknown policy 'keepall'"),
         (["kv", "{f}", "--model", "qwen3-8b", "--policy", "full", "--restart"], "{}", "restart needs eviction"),
         (["inspect", "{f}"], "{oops\n", "invalid JSON"),
         (["data", "build", "{f}", "--out", "{f}.out"], '{"problem": "p"}\n', "missing field 'cot' or 'response'"),
         (["data", "build", "champ", "--out", "{f}.out", "--backend", "openai"], None, "needs --base-url and --model"),
-        (["inspect", "{f}"], json.dumps({"problem": "p", "response": "<think><|block_start|>a<|block_end|>"
-                                         "<|summary_start|>m<|summary_end|></think>", "sentences": ["a"],
-                                         "blocks": [[0, 3]], "block_summaries": ["m"]}),
-         "field 'blocks'[0] = [0, 3] is outside the 1 sentences"),
+        (
+            ["inspect", "{f}"],
+            json.dumps(
+                {
+                    "problem": "p",
+                    "response": "<think><|block_start|>a<|block_end|><|summary_start|>m<|summary_end|></think>",
+                    "sentences": ["a"],
+                    "blocks": [[0, 3]],
+                    "block_summaries": ["m"],
+                }
+            ),
+            "field 'blocks'[0] = [0, 3] is outside the 1 sentences",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, content, message):
     f = tmp_path / "rows.jsonl"
     if content is not None:

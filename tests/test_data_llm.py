@@ -102,8 +102,13 @@ replies = st.one_of(
 @settings(max_examples=400, deadline=None)
 @given(replies, st.integers(1, 20))
 def test_parsers_raise_only_their_own_error(reply, count):
-    for parse in (parse_json_object, parse_memento, parse_verdict, lambda r: parse_scores(r, count),
-                  lambda r: parse_mementos(r, count)):  # fmt: skip
+    for parse in (
+        parse_json_object,
+        parse_memento,
+        parse_verdict,
+        lambda r: parse_scores(r, count),
+        lambda r: parse_mementos(r, count),
+    ):
         with contextlib.suppress(LLMOutputError):
             parse(reply)
     repaired = repair_scores(reply, count)
@@ -115,8 +120,10 @@ def test_parsers_accept_good_replies():
     with pytest.raises(LLMOutputError, match="expected a list of 2 scores, got 3"):
         parse_scores('{"scores": [0, 3, 2]}', 2)
     assert parse_mementos('{"mementos": ["a", "", "<|block_end|>"]}', 4) == ["a", None, None, None]
-    verdict = parse_verdict('{"formulas": 3, "numbers": 2, "methods": 2, "validation": 1, "correctness": 1, '
-                            '"result_first": 1, "deductions": 2, "score": 10, "feedback": "x"}')  # fmt: skip
+    verdict = parse_verdict(
+        '{"formulas": 3, "numbers": 2, "methods": 2, "validation": 1, "correctness": 1, '
+        '"result_first": 1, "deductions": 2, "score": 10, "feedback": "x"}'
+    )
     assert verdict.score == 8.0
 
 

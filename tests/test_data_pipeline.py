@@ -20,8 +20,14 @@ from memento.core.spans import Kind
 from memento.data.pipeline import Config, build
 
 MEMENTO = str(Path(sys.executable).parent / "memento")
-OUTPUTS = ("openmementos.jsonl", "openmementos-full.jsonl", "openmementos.parquet", "openmementos-full.parquet",
-           "stats.json", "report.md")  # fmt: skip
+OUTPUTS = (
+    "openmementos.jsonl",
+    "openmementos-full.jsonl",
+    "openmementos.parquet",
+    "openmementos-full.parquet",
+    "stats.json",
+    "report.md",
+)
 
 
 def test_offline_end_to_end_on_real_qwq_trace(tmp_path, qwen, shared_examples):
@@ -117,9 +123,10 @@ def test_refused_requests_and_empty_reasoning_are_journaled_failures(tmp_path):
 
     rows = tmp_path / "in.jsonl"
     rows.write_text(
-        json.dumps({"problem": "p", "cot": None, "response": "<think>\n\n</think>\n\n4", "task_id": None}) + "\n"
+        json.dumps({"problem": "p", "cot": None, "response": "<think>\n\n</think>\n\n4", "task_id": None})
+        + "\n"
         + RAW_TRACE.read_text()
-    )  # fmt: skip
+    )
     with FakeLLM() as llm:
         llm.faults.append("compress:400")
         stats = build(str(rows), tmp_path / "out", Config(backend="openai", base_url=llm.url, model="fake"))

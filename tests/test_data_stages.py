@@ -18,11 +18,25 @@ def words(texts):
     return [len(t.split()) for t in texts]
 
 
-pieces = st.sampled_from([
-    "Let x = 3. ", "Then y = 4.\n\n", "Wait, that's wrong. ", "$$a = b$$ ", "\\( x^2 \\) ", "e.g. this. ",
-    "```python\nx = 1. y = 2.\n```\n", "1. First item.\n", "- bullet. ", "(see eq. 3. and more) ", "3.14 is pi. ",
-    "\n    indented code. here\n", "Therefore, ", "Hmm. ", "So z = 5.\n",
-])  # fmt: skip
+pieces = st.sampled_from(
+    [
+        "Let x = 3. ",
+        "Then y = 4.\n\n",
+        "Wait, that's wrong. ",
+        "$$a = b$$ ",
+        "\\( x^2 \\) ",
+        "e.g. this. ",
+        "```python\nx = 1. y = 2.\n```\n",
+        "1. First item.\n",
+        "- bullet. ",
+        "(see eq. 3. and more) ",
+        "3.14 is pi. ",
+        "\n    indented code. here\n",
+        "Therefore, ",
+        "Hmm. ",
+        "So z = 5.\n",
+    ]
+)
 texts = st.lists(st.one_of(pieces, st.text(max_size=20)), max_size=25).map("".join)
 
 
@@ -63,8 +77,16 @@ def test_merge_rules():
 
 
 def test_heuristic_scores_and_hard_rules():
-    units = ["So x = 4.\n\n", "Wait, let me check that again. ", "We have a value:", "x = 5. ", "It is $y=2$. ",
-             "Therefore, z = 3. ", "Alternatively, try another way.\n\n", "Now compute more."]  # fmt: skip
+    units = [
+        "So x = 4.\n\n",
+        "Wait, let me check that again. ",
+        "We have a value:",
+        "x = 5. ",
+        "It is $y=2$. ",
+        "Therefore, z = 3. ",
+        "Alternatively, try another way.\n\n",
+        "Now compute more.",
+    ]
     scores = heuristic_scores(units)
     assert scores[0] == 3  # result + paragraph break + "Wait"
     assert scores[2] == 0  # after ':'

@@ -30,8 +30,15 @@ def monkeypatch_module():
 
 
 def test_demo_writes_report_results_and_plots(ran):
-    for name in ("report.md", "results.json", "accuracy.png", "kv_sawtooth.png", "curves.png", "probe_layers.png",
-                 "probe_distance.png"):  # fmt: skip
+    for name in (
+        "report.md",
+        "results.json",
+        "accuracy.png",
+        "kv_sawtooth.png",
+        "curves.png",
+        "probe_layers.png",
+        "probe_distance.png",
+    ):
         assert (ran.out / name).stat().st_size > 0, name
     results = json.loads((ran.out / "results.json").read_text())
     assert [r["model"] for r in results["headline"]] == list(BY_NAME)
@@ -62,8 +69,10 @@ def test_live_training_is_sized_by_the_measured_step(monkeypatch):
 def test_each_experiment_alone_and_deterministic(tmp_path):
     a = train_variants("orbit", TINY, tmp_path / "a", seed=3, names=["stage2-only"])
     b = train_variants("orbit", TINY, tmp_path / "b", seed=3, names=["stage2-only"])
-    logs = [[json.loads(x)["loss"] for x in (f.parent / "log.jsonl").read_text().splitlines() if '"loss"' in x]
-            for f in (a["stage2-only"], b["stage2-only"])]  # fmt: skip
+    logs = [
+        [json.loads(x)["loss"] for x in (f.parent / "log.jsonl").read_text().splitlines() if '"loss"' in x]
+        for f in (a["stage2-only"], b["stage2-only"])
+    ]
     assert logs[0] == logs[1] and len(logs[0]) >= 1, "same seed, same training"
     scores = accuracy(a, "orbit", TINY, tmp_path / "eval", restart_for=("stage2-only",))
     assert scores[0].evict.n == 4 and scores[0].restart is not None

@@ -19,8 +19,9 @@ from memento.engine.reference import Decoder, teacher_force
 from memento.engine.sampling import Sampling
 from memento.synthetic.sums import sums_traces
 
-POLICIES = policies("keep0", "keep1", "keep0-mask-delimiters", "keep0-last-block-for-answer", "keep0-restart",
-                    "keep1-restart")  # fmt: skip
+POLICIES = policies(
+    "keep0", "keep1", "keep0-mask-delimiters", "keep0-last-block-for-answer", "keep0-restart", "keep1-restart"
+)
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +161,9 @@ def test_max_block_tokens_and_max_blocks_steer_generation(chars, model):
 def test_streaming_callback_and_stats(chars, model):
     seen = []
     engine = ReferenceEngine(model, chars, EvictionPolicy(0, max_block_tokens=4))
-    (g,) = engine.generate("Go.", Sampling(max_new_tokens=40), processor=grammar(chars),
-                           on_token=lambda r, t, k, b: seen.append((t, k)))  # fmt: skip
+    (g,) = engine.generate(
+        "Go.", Sampling(max_new_tokens=40), processor=grammar(chars), on_token=lambda r, t, k, b: seen.append((t, k))
+    )
     assert [t for t, _ in seen] == g.ids
     assert {Kind.BLOCK, Kind.SUMMARY} <= {k for _, k in seen}
     s = g.stats

@@ -25,9 +25,11 @@ COMMON = {"max_new_tokens": 1024}  # greedy, as the demo
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    runs = [RunSpec("control", str(SHIPPED / "control"), asdict(FULL)),
-            RunSpec("memento", str(SHIPPED / "curriculum"), asdict(EVICT)),
-            RunSpec("restart", str(SHIPPED / "curriculum"), asdict(RESTART))]  # fmt: skip
+    runs = [
+        RunSpec("control", str(SHIPPED / "control"), asdict(FULL)),
+        RunSpec("memento", str(SHIPPED / "curriculum"), asdict(EVICT)),
+        RunSpec("restart", str(SHIPPED / "curriculum"), asdict(RESTART)),
+    ]
     return out, run_all(runs, ["toy:orbit"], out, COMMON, limit=N, batch_size=32, progress=False)
 
 
@@ -39,8 +41,11 @@ def demo_scores(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("demo")
     scores = {}
-    for name, folder, policy in (("control", "control", FULL), ("memento", "curriculum", EVICT),
-                                 ("restart", "curriculum", RESTART)):  # fmt: skip
+    for name, folder, policy in (
+        ("control", "control", FULL),
+        ("memento", "curriculum", EVICT),
+        ("restart", "curriculum", RESTART),
+    ):
         scores[name] = evaluate(SHIPPED / folder, "orbit", policy, out / name, N, 32, 1024, plain=folder == "control")
     return scores
 
@@ -66,8 +71,11 @@ def test_report_has_the_table_the_differences_and_the_plots(compared):
     out, result = compared
     report = (out / "report.md").read_text()
     assert "| run | model | policy | toy:orbit | peak KV (tokens) | KV AUC (k tokens) |" in report
-    for name, policy in (("control", "full"), ("memento", "keep0 + mask delimiters"),
-                         ("restart", "keep0 + mask delimiters + restart")):  # fmt: skip
+    for name, policy in (
+        ("control", "full"),
+        ("memento", "keep0 + mask delimiters"),
+        ("restart", "keep0 + mask delimiters + restart"),
+    ):
         assert f"| {name} | " in report and policy in report
     assert "## Differences from control" in report
     assert report.count("| toy:orbit | ") == 1 + 3 + 2  # a column header, the rows per task, the differences
@@ -87,9 +95,14 @@ def test_run_specs():
     limited = EvictionPolicy(0, mask_delimiters=True, max_blocks=3)
     assert describe(parse_run("base=m?policy=full", limited).policy) == "full"  # eviction defaults do not apply
     assert parse_run("k=m?policy=keep2&mask_delimiters=no", default).policy["keep_last_n_blocks"] == 2
-    for bad, message in (("m", "NAME=MODEL"), ("a b=m", "NAME=MODEL"), ("r=m?restart=maybe", "yes/no"),
-                         ("r=m?max_blocks=x", "positive integer"), ("r=m?colour=red", "unknown option 'colour'"),
-                         ("r=m?policy=half", "unknown policy")):  # fmt: skip
+    for bad, message in (
+        ("m", "NAME=MODEL"),
+        ("a b=m", "NAME=MODEL"),
+        ("r=m?restart=maybe", "yes/no"),
+        ("r=m?max_blocks=x", "positive integer"),
+        ("r=m?colour=red", "unknown option 'colour'"),
+        ("r=m?policy=half", "unknown policy"),
+    ):
         with pytest.raises(MementoError, match=message):
             parse_run(bad, default)
     with pytest.raises(MementoError, match="restart needs eviction"):  # given beside `full`, not dropped
@@ -102,8 +115,20 @@ def test_run_specs():
 def test_the_command_line(tmp_path):
     memento = str(Path(sys.executable).parent / "memento")
     model = str(SHIPPED / "curriculum")
-    args = [memento, "eval", "--task", "toy:orbit", "--out", str(tmp_path), "--limit", "2", "-q",
-            "--max-new-tokens", "1024", "--mask-delimiters"]  # fmt: skip
+    args = [
+        memento,
+        "eval",
+        "--task",
+        "toy:orbit",
+        "--out",
+        str(tmp_path),
+        "--limit",
+        "2",
+        "-q",
+        "--max-new-tokens",
+        "1024",
+        "--mask-delimiters",
+    ]
     proc = subprocess.run([*args, "--model", model], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "report:" in proc.stdout and (tmp_path / "curriculum" / "toy-orbit" / "results.jsonl").exists()

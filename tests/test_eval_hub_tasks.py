@@ -37,8 +37,10 @@ def parquet(path, rows):
 
 
 def test_aime_reads_matharena_rows_and_compares_integer_answers(tmp_path):
-    rows = [{"problem_idx": 1, "problem": "Find $x$.", "answer": 204}, {"problem_idx": 2, "problem": "Find $y$.",
-            "answer": 33}]  # fmt: skip
+    rows = [
+        {"problem_idx": 1, "problem": "Find $x$.", "answer": 204},
+        {"problem_idx": 2, "problem": "Find $y$.", "answer": 33},
+    ]
     task = get("aime25:" + jsonl(tmp_path / "aime25.jsonl", rows))
     p204, p33 = task.problems()
     assert [p204.id, p33.id] == ["aime25/1", "aime25/2"] and p33.reference == "33"
@@ -61,11 +63,23 @@ def test_aime_reads_h4_parquet_and_falls_back_to_row_numbers(tmp_path):
 
 def test_math500_keeps_ids_and_subjects_and_checks_by_equivalence(tmp_path):
     rows = [
-        {"problem": "Compute $1/2$.", "solution": "...", "answer": "\\frac{1}{2}", "subject": "Algebra", "level": 1,
-         "unique_id": "test/algebra/1.json"},
-        {"problem": "Convert to polar.", "solution": "...", "answer": "\\left( 3, \\frac{\\pi}{2} \\right)",
-         "subject": "Precalculus", "level": 2, "unique_id": "test/precalculus/807.json"},
-    ]  # fmt: skip
+        {
+            "problem": "Compute $1/2$.",
+            "solution": "...",
+            "answer": "\\frac{1}{2}",
+            "subject": "Algebra",
+            "level": 1,
+            "unique_id": "test/algebra/1.json",
+        },
+        {
+            "problem": "Convert to polar.",
+            "solution": "...",
+            "answer": "\\left( 3, \\frac{\\pi}{2} \\right)",
+            "subject": "Precalculus",
+            "level": 2,
+            "unique_id": "test/precalculus/807.json",
+        },
+    ]
     task = get("math500:" + parquet(tmp_path / "math500.parquet", rows))
     half, polar = task.problems()
     assert half.id == "test/algebra/1.json" and half.data == {"subject": "Algebra", "level": 1}
@@ -81,9 +95,16 @@ def test_math500_keeps_ids_and_subjects_and_checks_by_equivalence(tmp_path):
 
 
 def gpqa_row(n: int) -> dict:
-    return {"Record ID": f"rec{n}", "Question": f" Which value is right in case {n}?\n", "Correct Answer": f"right {n}",
-            "Incorrect Answer 1": "wrong a", "Incorrect Answer 2": "wrong b", "Incorrect Answer 3": "wrong c ",
-            "Explanation": "...", "High-level domain": "Physics"}  # fmt: skip
+    return {
+        "Record ID": f"rec{n}",
+        "Question": f" Which value is right in case {n}?\n",
+        "Correct Answer": f"right {n}",
+        "Incorrect Answer 1": "wrong a",
+        "Incorrect Answer 2": "wrong b",
+        "Incorrect Answer 3": "wrong c ",
+        "Explanation": "...",
+        "High-level domain": "Physics",
+    }
 
 
 def test_gpqa_shuffles_the_choices_deterministically_and_checks_letters(tmp_path):
@@ -118,11 +139,19 @@ def test_gpqa_shuffles_the_choices_deterministically_and_checks_letters(tmp_path
 
 
 def lcb_row(qid, tests, *, starter="", func_name=None, date="2025-03-01T00:00:00", encode=True) -> dict:
-    return {"question_title": f"title {qid}", "question_content": f"Problem {qid}.", "platform": "atcoder",
-            "question_id": qid, "contest_id": "c1", "contest_date": date, "starter_code": starter,
-            "difficulty": "easy", "public_test_cases": json.dumps(tests[:1]),
-            "private_test_cases": encode_tests(tests[1:]) if encode else json.dumps(tests[1:]),
-            "metadata": json.dumps({"func_name": func_name} if func_name else {})}  # fmt: skip
+    return {
+        "question_title": f"title {qid}",
+        "question_content": f"Problem {qid}.",
+        "platform": "atcoder",
+        "question_id": qid,
+        "contest_id": "c1",
+        "contest_date": date,
+        "starter_code": starter,
+        "difficulty": "easy",
+        "public_test_cases": json.dumps(tests[:1]),
+        "private_test_cases": encode_tests(tests[1:]) if encode else json.dumps(tests[1:]),
+        "metadata": json.dumps({"func_name": func_name} if func_name else {}),
+    }
 
 
 SUM = [{"input": f"{a} {b}\n", "output": f"{a + b}\n", "testtype": "stdin"} for a, b in [(1, 2), (5, 7), (10, 20)]]
@@ -229,20 +258,32 @@ def test_offline_the_hub_tasks_read_the_files_cached_by_an_earlier_download(tmp_
     (LiveCodeBench's test6.jsonl, GPQA's CSV, MathArena's Parquet shard) and LCB v6's contest window."""
     hub = tmp_path / "hf" / "hub"
     for repo, name, write in [
-        ("livecodebench/code_generation_lite", "test6.jsonl",
-         lambda p: jsonl(p, [lcb_row("in", SUM), lcb_row("out", SUM, date="2025-01-20T00:00:00")])),
-        ("Idavidrein/gpqa", "gpqa_diamond.csv",
-         lambda p: p.write_text("Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
-                                "Q?,yes,no,never,maybe\n")),
-        ("MathArena/aime_2026", "data/train-00000-of-00001.parquet",
-         lambda p: parquet(p, [{"problem_idx": 1, "answer": 277, "problem": "P"}])),
-    ]:  # fmt: skip
+        (
+            "livecodebench/code_generation_lite",
+            "test6.jsonl",
+            lambda p: jsonl(p, [lcb_row("in", SUM), lcb_row("out", SUM, date="2025-01-20T00:00:00")]),
+        ),
+        (
+            "Idavidrein/gpqa",
+            "gpqa_diamond.csv",
+            lambda p: p.write_text(
+                "Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
+                "Q?,yes,no,never,maybe\n"
+            ),
+        ),
+        (
+            "MathArena/aime_2026",
+            "data/train-00000-of-00001.parquet",
+            lambda p: parquet(p, [{"problem_idx": 1, "answer": 277, "problem": "P"}]),
+        ),
+    ]:
         folder = hub / f"datasets--{repo.replace('/', '--')}"
         (folder / "refs").mkdir(parents=True)
         (folder / "refs" / "main").write_text("0" * 40)
         (folder / "snapshots" / ("0" * 40) / name).parent.mkdir(parents=True)
         write(folder / "snapshots" / ("0" * 40) / name)
-    done = run_without_network("print([[p.id for p in get(t).problems()] for t in ('lcb', 'gpqa', 'aime26')])",
-                               tmp_path / "hf")  # fmt: skip
+    done = run_without_network(
+        "print([[p.id for p in get(t).problems()] for t in ('lcb', 'gpqa', 'aime26')])", tmp_path / "hf"
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[['lcb/in'], ['gpqa/1'], ['aime26/1']]"

@@ -22,8 +22,9 @@ def smol_memento():
 
 
 def test_an_interrupted_run_resumes_without_recomputing_finished_samples(smol_memento, tmp_path):
-    settings = EvalSettings(smol_memento, "gym:basic_arithmetic", samples=2, temperature=0.8, top_p=0.95,
-                            max_new_tokens=16)  # fmt: skip
+    settings = EvalSettings(
+        smol_memento, "gym:basic_arithmetic", samples=2, temperature=0.8, top_p=0.95, max_new_tokens=16
+    )
     first = evaluate(settings, tmp_path / "a", limit=2, progress=False)
     lines = (tmp_path / "a" / "results.jsonl").read_text().splitlines()
     assert first["generated_now"] == 4 and len(lines) == 4 and first["problems"] == 2
@@ -50,14 +51,30 @@ def test_champ_with_smollm2_records_answers_and_kv(smol_memento, tmp_path):
 
 def test_pass_and_majority_metrics():
     def rec(problem, sample, answer, outcome):
-        return {"problem": problem, "sample": sample, "answer": answer, "outcome": outcome, "finish_reason": "stop",
-                "tokens": 10, "blocks": 1, "peak_kv_tokens": 5, "auc_kv_ktok": 0.1, "evicted_tokens": 2}  # fmt: skip
+        return {
+            "problem": problem,
+            "sample": sample,
+            "answer": answer,
+            "outcome": outcome,
+            "finish_reason": "stop",
+            "tokens": 10,
+            "blocks": 1,
+            "peak_kv_tokens": 5,
+            "auc_kv_ktok": 0.1,
+            "evicted_tokens": 2,
+        }
 
     records = [
-        rec("a", 0, "1", "correct"), rec("a", 1, "2", "wrong"), rec("a", 2, "2", "wrong"),  # majority wrong
-        rec("b", 0, None, "no_answer"), rec("b", 1, "7", "correct"), rec("b", 2, None, "no_answer"),  # majority right
-        rec("c", 0, "7", "wrong"), rec("c", 1, "1/2", "correct"), rec("c", 2, "0.5", "correct"),  # equivalent: one vote
-    ]  # fmt: skip
+        rec("a", 0, "1", "correct"),
+        rec("a", 1, "2", "wrong"),
+        rec("a", 2, "2", "wrong"),  # majority wrong
+        rec("b", 0, None, "no_answer"),
+        rec("b", 1, "7", "correct"),
+        rec("b", 2, None, "no_answer"),  # majority right
+        rec("c", 0, "7", "wrong"),
+        rec("c", 1, "1/2", "correct"),
+        rec("c", 2, "0.5", "correct"),  # equivalent: one vote
+    ]
     settings = EvalSettings("m", "champ", samples=3, temperature=0.6)
     s = summarize(records, settings)
     assert s["pass@1"] == pytest.approx((1 / 3 + 1 / 3 + 2 / 3) / 3)

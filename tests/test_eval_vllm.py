@@ -21,8 +21,14 @@ def test_vllm_engine_matches_the_reference_engine(tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm-cache"))
     records = {}
     for engine in ("reference", "vllm"):
-        settings = EvalSettings(str(SHIPPED / "curriculum"), "toy:orbit", max_new_tokens=1024, policy=asdict(EVICT),
-                                engine=engine, dtype="float32")  # fmt: skip
+        settings = EvalSettings(
+            str(SHIPPED / "curriculum"),
+            "toy:orbit",
+            max_new_tokens=1024,
+            policy=asdict(EVICT),
+            engine=engine,
+            dtype="float32",
+        )
         summary = evaluate(settings, tmp_path / engine, limit=2, progress=False)
         assert summary["engine"] == engine and summary["generated_now"] == 2
         lines = (tmp_path / engine / "results.jsonl").read_text().splitlines()
@@ -37,8 +43,14 @@ def test_a_base_model_runs_on_stock_vllm(smollm2_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm-cache"))
     records = {}
     for engine in ("reference", "vllm"):
-        settings = EvalSettings(str(smollm2_dir), "gym:basic_arithmetic", max_new_tokens=8, engine=engine,
-                                policy=asdict(EvictionPolicy(-1)), dtype="float32")  # fmt: skip
+        settings = EvalSettings(
+            str(smollm2_dir),
+            "gym:basic_arithmetic",
+            max_new_tokens=8,
+            engine=engine,
+            policy=asdict(EvictionPolicy(-1)),
+            dtype="float32",
+        )
         evaluate(settings, tmp_path / engine, limit=1, progress=False)
         lines = (tmp_path / engine / "results.jsonl").read_text().splitlines()
         records[engine] = [json.loads(line) for line in lines]

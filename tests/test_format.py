@@ -65,8 +65,11 @@ GOOD = "<think>\n<|block_start|>b<|block_end|>\n<|summary_start|>m<|summary_end|
         ("<think><|summary_start|>m<|summary_end|></think>A", "memento with no block", 7),
         ("<think><|block_start|>b<|block_end|></think>A", "block with no memento: </think> after <|block_end|>", 36),
         ("<think><|block_start|>a<|block_start|>b", "nested <|block_start|> inside an open block", 23),
-        ("<think><|block_start|>b<|block_end|><|summary_start|>m<|summary_end|> oops </think>A",
-         "stray text between blocks", 70),
+        (
+            "<think><|block_start|>b<|block_end|><|summary_start|>m<|summary_end|> oops </think>A",
+            "stray text between blocks",
+            70,
+        ),
         ("<think><|block_start|>b<|block_end|><|summary_start|>m<|summary_end|>", "missing </think>", 69),
         ("intro <think></think>A", "stray text before <think>", 0),
         ("<think></think>A<|block_start|>", "<|block_start|> after </think>", 16),
@@ -74,7 +77,7 @@ GOOD = "<think>\n<|block_start|>b<|block_end|>\n<|summary_start|>m<|summary_end|
         ("<think><|block_start|>b<|block_end|><|summary_start|>m</think>", "unclosed memento: </think> before", 54),
         ("", "missing <think>", 0),
     ],
-)  # fmt: skip
+)
 def test_malformed_input_names_problem_and_offset(text, reason, offset):
     with pytest.raises(TraceFormatError) as info:
         parse(text)

@@ -79,8 +79,11 @@ def test_keep_last_block_for_answer_and_keep1(qwen):
     _, spans = label_trace(small_trace(3), qwen)
     last = (spans.kind == Kind.BLOCK) & (spans.block == 2)
     answer = np.flatnonzero(spans.kind == Kind.ANSWER)[0]
-    for policy, sees_last in ((EvictionPolicy(), False), (EvictionPolicy(keep_last_block_for_answer=True), True),
-                              (EvictionPolicy(keep_last_n_blocks=1), True)):  # fmt: skip
+    for policy, sees_last in (
+        (EvictionPolicy(), False),
+        (EvictionPolicy(keep_last_block_for_answer=True), True),
+        (EvictionPolicy(keep_last_n_blocks=1), True),
+    ):
         assert visible(eviction_schedule(spans, policy))[answer, last].all() == sees_last
     schedule = eviction_schedule(spans, EvictionPolicy(keep_last_block_for_answer=True))
     first = (spans.kind == Kind.BLOCK) & (spans.block == 0)

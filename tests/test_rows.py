@@ -86,12 +86,14 @@ def test_row_roundtrip_property(trace):
     [
         ('{"problem": "p"}\n', "rows.jsonl:1: missing field 'response'"),
         ('{"problem": "p", "response": 3}\n', "rows.jsonl:1: field 'response' must be str, got int"),
-        ('\n{"problem": "p", "response": "<think><|block_start|>x"}\n',
-         "rows.jsonl:2: field 'response': unclosed block at end of text (at character 7)"),
+        (
+            '\n{"problem": "p", "response": "<think><|block_start|>x"}\n',
+            "rows.jsonl:2: field 'response': unclosed block at end of text (at character 7)",
+        ),
         ("{not json\n", "rows.jsonl:1: invalid JSON"),
-        ('[1]\n', "rows.jsonl:1: expected a JSON object, got list"),
+        ("[1]\n", "rows.jsonl:1: expected a JSON object, got list"),
     ],
-)  # fmt: skip
+)
 def test_bad_rows_name_file_line_and_field(tmp_path, content, message):
     path = tmp_path / "rows.jsonl"
     path.write_text(content)

@@ -60,9 +60,15 @@ def test_untied_output_embeddings_and_spare_rows_are_initialised():
 
     tokenizer = load_tokenizer("qwen")
     config = Qwen3Config(
-        vocab_size=151936, hidden_size=64, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=8, tie_word_embeddings=False,
-    )  # fmt: skip
+        vocab_size=151936,
+        hidden_size=64,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        tie_word_embeddings=False,
+    )
     model = Qwen3ForCausalLM(config)
     written = init_memento_embeddings(model, tokenizer, tokens=SPECIAL_TOKENS[2:])
     assert model.get_input_embeddings().weight.shape[0] == 151936  # never shrunk to the tokenizer's 151,673

@@ -63,8 +63,9 @@ def test_reference_completions_score_perfectly(chars, char_llama, plain):
 def test_evaluate_generates_and_scores_every_problem(chars, char_llama, tmp_path):
     char_llama.save_pretrained(tmp_path / "model")
     chars.save_pretrained(tmp_path / "model")
-    scores = evaluate(tmp_path / "model", "orbit", POLICY, tmp_path / "run", problems=3, batch_size=2,
-                      max_new_tokens=40)  # fmt: skip
+    scores = evaluate(
+        tmp_path / "model", "orbit", POLICY, tmp_path / "run", problems=3, batch_size=2, max_new_tokens=40
+    )
     assert scores.n == 3 and len(scores.correct) == 3 and len(run.read_records(tmp_path / "run")) == 3
     assert scores.generated_tokens == 40, "an untrained model runs to the length limit"
     prompts = [p.prompt for p in get("toy:orbit").problems()[:3]]

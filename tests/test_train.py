@@ -87,8 +87,10 @@ def test_bad_recipes_name_the_field(tmp_path, change, message):
 
 def test_yaml_numbers_without_a_dot(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text("model: scratch\ntokenizer: chars\nmodel_config: {model_type: llama}\nout: x\n"
-                    "data: {train: [a.jsonl]}\nstages: [{name: s}]\noptim: {lr: 3e-3}\n")  # fmt: skip
+    path.write_text(
+        "model: scratch\ntokenizer: chars\nmodel_config: {model_type: llama}\nout: x\n"
+        "data: {train: [a.jsonl]}\nstages: [{name: s}]\noptim: {lr: 3e-3}\n"
+    )
     assert load_recipe(path).optim.lr == 3e-3
 
 

@@ -24,8 +24,15 @@ from memento.engine.sampling import Sampling
 pytestmark = [pytest.mark.xdist_group("vllm"), pytest.mark.slow]
 
 TOY = Path(__file__).resolve().parents[1] / "memento" / "toy" / "checkpoints" / "curriculum"
-POLICIES = policies("keep0", "keep1", "keep0-last-block-for-answer", "keep0-mask-delimiters", "keep0-restart",
-                    "keep0-max-block-tokens", "full")  # fmt: skip
+POLICIES = policies(
+    "keep0",
+    "keep1",
+    "keep0-last-block-for-answer",
+    "keep0-mask-delimiters",
+    "keep0-restart",
+    "keep0-max-block-tokens",
+    "full",
+)
 
 
 def start(model, tmp_path_factory, **kwargs):
@@ -59,8 +66,15 @@ def vllm_generate(llm, prompts_ids, policies: list[EvictionPolicy], max_tokens: 
         extra = {"memento_policy": asdict(policy)}
         if force is not None:
             extra["memento_force"] = force[i]
-        params.append(SamplingParams(temperature=0, max_tokens=max_tokens if force is None else len(force[i]),
-                                     logprobs=1, ignore_eos=force is not None, extra_args=extra))  # fmt: skip
+        params.append(
+            SamplingParams(
+                temperature=0,
+                max_tokens=max_tokens if force is None else len(force[i]),
+                logprobs=1,
+                ignore_eos=force is not None,
+                extra_args=extra,
+            )
+        )
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts_ids], params, use_tqdm=False)
     return [o.outputs[0] for o in outs], [o.kv_transfer_params for o in outs]
 

@@ -28,8 +28,23 @@ def server(tmp_path_factory):
 
     port, log = free_port(), tmp_path_factory.mktemp("serve") / "server.log"
     env = os.environ | {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(log.parent / "cache")}
-    command = [sys.executable, "-m", "memento", "serve", str(TOY), "--port", str(port), "--",
-               "--max-model-len", "1024", "--dtype", "float32", "--enforce-eager", "--block-size", "32"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "memento",
+        "serve",
+        str(TOY),
+        "--port",
+        str(port),
+        "--",
+        "--max-model-len",
+        "1024",
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--block-size",
+        "32",
+    ]
     with log.open("w") as sink:
         proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -85,8 +100,9 @@ def test_serve_streams_a_memento_chat_completion_with_kv_statistics(reference, s
     model = client.models.list().data[0].id
     messages = [{"role": "user", "content": problem}]
     plain = {"skip_special_tokens": False}
-    stream = client.chat.completions.create(model=model, messages=messages, stream=True, max_tokens=900,
-                                            temperature=0, extra_body=plain)  # fmt: skip
+    stream = client.chat.completions.create(
+        model=model, messages=messages, stream=True, max_tokens=900, temperature=0, extra_body=plain
+    )
     chunks = [c.choices[0].delta.content or "" for c in stream if c.choices]
     text = "".join(chunks)
     assert len(chunks) > 10  # streamed, not one piece
@@ -96,9 +112,13 @@ def test_serve_streams_a_memento_chat_completion_with_kv_statistics(reference, s
     for token in ("<|block_start|>", "<|block_end|>", "<|summary_start|>", "<|summary_end|>", "</think>"):
         assert token in text
 
-    reply = client.chat.completions.create(model=model, messages=messages, max_tokens=900, temperature=0,
-                                           extra_body=plain | {"return_token_ids": True,
-                                                               "vllm_xargs": {"memento_policy": "keep1"}})  # fmt: skip
+    reply = client.chat.completions.create(
+        model=model,
+        messages=messages,
+        max_tokens=900,
+        temperature=0,
+        extra_body=plain | {"return_token_ids": True, "vllm_xargs": {"memento_policy": "keep1"}},
+    )
     assert reply.model_extra["prompt_token_ids"] == encode_chat(tokenizer, problem).ids  # the Memento chat template
     assert reply.choices[0].model_extra["token_ids"] == expected["keep1"].ids  # greedy tokens of the reference
     stats = reply.model_extra["kv_transfer_params"]["memento"]
@@ -108,8 +128,9 @@ def test_serve_streams_a_memento_chat_completion_with_kv_statistics(reference, s
     assert stats["peak_kv_tokens"] < total - stats["evicted_tokens"] // 2  # it really held less than all its tokens
 
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model=model, messages=messages, max_tokens=8,
-                                       extra_body={"vllm_xargs": {"memento_policy": "keepx"}})  # fmt: skip
+        client.chat.completions.create(
+            model=model, messages=messages, max_tokens=8, extra_body={"vllm_xargs": {"memento_policy": "keepx"}}
+        )
     assert "keepx" in str(bad.value)
     response = httpx.post(f"{server}/v1/chat/completions", json={"model": model, "messages": "not a list"})
     assert 400 <= response.status_code < 500 and "error" in response.json()

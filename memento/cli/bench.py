@@ -64,13 +64,23 @@ def throughput(
         raise MementoError(f"--policy {policy} never evicts: the comparison needs a Memento policy (keep0, keepN)")
     model = model or str(smollm2_memento_dir())
     work = bench.workload(AutoTokenizer.from_pretrained(model), read_traces(traces), requests, scale, traces.name)
-    result = bench.compare(model, work, policy=pol, pages=kv_pages, block_size=block_size, dtype=dtype,
-                           phase=lambda text: err.print(f"[dim]·[/dim] {text}"))  # fmt: skip
+    result = bench.compare(
+        model,
+        work,
+        policy=pol,
+        pages=kv_pages,
+        block_size=block_size,
+        dtype=dtype,
+        phase=lambda text: err.print(f"[dim]·[/dim] {text}"),
+    )
     command = shlex.join(["memento", "bench", "throughput", *sys.argv[3:]])
-    lines = bench.write_report([bench.Section(None, "throughput", result)], out_dir, command,
-                               title="Throughput: vLLM + Memento vs stock vLLM")  # fmt: skip
+    lines = bench.write_report(
+        [bench.Section(None, "throughput", result)], out_dir, command, title="Throughput: vLLM + Memento vs stock vLLM"
+    )
     out.print("\n".join(lines[2:-3]))
     r = result["ratios"]
-    out.print(f"Memento: {r['throughput']:.2f}x output tokens/s, {r['completion_time']:.2f}x faster batch, "
-              f"{r['mean_running']:.2f}x requests running on average")  # fmt: skip
+    out.print(
+        f"Memento: {r['throughput']:.2f}x output tokens/s, {r['completion_time']:.2f}x faster batch, "
+        f"{r['mean_running']:.2f}x requests running on average"
+    )
     out.print(f"report: {out_dir / 'throughput.md'}")

@@ -50,11 +50,22 @@ def data_build(
     from memento.data.pipeline import Config, build
 
     config = Config(
-        backend=backend, base_url=base_url, model=model, two_pass=two_pass, timeout=timeout, price_in=price_in,
-        price_out=price_out, tokenizer=tokenizer, min_block_tokens=min_block_tokens,
-        max_block_tokens=max_block_tokens or None, lam=lam, rounds=rounds, workers=workers, shard=_shard(shard),
+        backend=backend,
+        base_url=base_url,
+        model=model,
+        two_pass=two_pass,
+        timeout=timeout,
+        price_in=price_in,
+        price_out=price_out,
+        tokenizer=tokenizer,
+        min_block_tokens=min_block_tokens,
+        max_block_tokens=max_block_tokens or None,
+        lam=lam,
+        rounds=rounds,
+        workers=workers,
+        shard=_shard(shard),
         limit=limit,
-    )  # fmt: skip
+    )
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     columns = ("building", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())

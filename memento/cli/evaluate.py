@@ -15,8 +15,10 @@ TASKS = (
     "aime24, aime25, aime26, math500, gpqa, lcb (hub, or TASK:FILE for a local copy), champ, gym:GENERATOR, "
     "toy:orbit; repeat for several."
 )
-RUN = ("Compare runs: NAME=MODEL[?policy=full|keepN&restart=true&mask_delimiters=true...] (repeat; the first is the "
-       "baseline). Instead of --model.")  # fmt: skip
+RUN = (
+    "Compare runs: NAME=MODEL[?policy=full|keepN&restart=true&mask_delimiters=true...] (repeat; the first is the "
+    "baseline). Instead of --model."
+)
 
 
 @app.command("eval")
@@ -67,8 +69,16 @@ def evaluate(
         runs = [RunSpec(model.resolve().name, str(model.resolve()), asdict(pol))]
     else:
         runs = [parse_run(spec, pol) for spec in run]
-    common = {"samples": n_samples, "temperature": temperature, "top_p": top_p, "top_k": top_k,
-              "max_new_tokens": max_new_tokens, "seed": seed, "engine": engine, "dtype": dtype}  # fmt: skip
+    common = {
+        "samples": n_samples,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+        "engine": engine,
+        "dtype": dtype,
+    }
     result = run_all(runs, task, out_dir, common, limit, batch_size, progress=not quiet, device=device)
     k = n_samples
     problems = max(s["problems"] for s in result["summaries"])
@@ -84,14 +94,20 @@ def evaluate(
         if k > 1:
             maj = s[f"maj@{k}"]
             cells += [f"{100 * s[f'pass@{k}']:.1f}%", "-" if maj is None else f"{100 * maj:.1f}%"]
-        cells += [f"{100 * s['no_answer']:.1f}%", f"{s['tokens']:.0f}", f"{s['peak_kv_tokens']:.0f}",
-                  f"{s['auc_kv_ktok']:.1f}"]  # fmt: skip
+        cells += [
+            f"{100 * s['no_answer']:.1f}%",
+            f"{s['tokens']:.0f}",
+            f"{s['peak_kv_tokens']:.0f}",
+            f"{s['auc_kv_ktok']:.1f}",
+        ]
         grid.add_row(*cells)
     out.print(grid)
     for d in result["differences"]:
         lo, hi = d["pass@1_delta_ci95"]
         r = d["peak_kv_ratio"]
         peak = "" if not r else f", peak KV {r:.2f}x lower" if r >= 1 else f", peak KV {1 / r:.2f}x higher"
-        out.print(f"{d['run']} - {d['baseline']} on {d['task']}: pass@1 {100 * d['pass@1_delta']:+.1f} points "
-                  f"[{100 * lo:+.1f}, {100 * hi:+.1f}]{peak}")  # fmt: skip
+        out.print(
+            f"{d['run']} - {d['baseline']} on {d['task']}: pass@1 {100 * d['pass@1_delta']:+.1f} points "
+            f"[{100 * lo:+.1f}, {100 * hi:+.1f}]{peak}"
+        )
     out.print(f"report: {out_dir / 'report.md'}   summary: {out_dir / 'summary.json'}")

@@ -14,8 +14,14 @@ MaxBlockTokens = Annotated[int | None, typer.Option(help="Force <|block_end|> af
 MaxBlocks = Annotated[int | None, typer.Option(help="Force </think> after this many blocks.")]
 
 
-def policy(name: str, mask_delimiters: bool, keep_last_block_for_answer: bool, restart: bool,
-           max_block_tokens: int | None, max_blocks: int | None):  # fmt: skip
+def policy(
+    name: str,
+    mask_delimiters: bool,
+    keep_last_block_for_answer: bool,
+    restart: bool,
+    max_block_tokens: int | None,
+    max_blocks: int | None,
+):
     from memento.core.policy import EvictionPolicy
 
     return EvictionPolicy.named(

@@ -85,8 +85,15 @@ def experiment(
     scores = accuracy(folders, toy.TASK, chosen, out_dir / "eval", restart_for=() if BY_NAME[name].plain else (name,))
     rows = report.headline(scores)
     restart = scores[0].restart
-    result = {"task": toy.TASK, "experiment": name, "size": size, "seed": seed, "model": str(folders[name]),
-              "headline": rows, "restart_accuracy": None if restart is None else restart.accuracy}  # fmt: skip
+    result = {
+        "task": toy.TASK,
+        "experiment": name,
+        "size": size,
+        "seed": seed,
+        "model": str(folders[name]),
+        "headline": rows,
+        "restart_accuracy": None if restart is None else restart.accuracy,
+    }
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(result, indent=1, default=str))
     table(rows, f"toy task '{toy.TASK}', {size} size: {name} ({BY_NAME[name].about})")
@@ -116,19 +123,31 @@ def headline(results: dict) -> None:
     comp = results["comparisons"]
     if "memento vs control" in comp:
         d = comp["memento vs control"]["difference"]
-        out.print(f"curriculum with eviction vs Control: {100 * d['delta']:+.1f} pp [{100 * d['ci'][0]:.1f}, "
-                  f"{100 * d['ci'][1]:.1f}]")  # fmt: skip
+        out.print(
+            f"curriculum with eviction vs Control: {100 * d['delta']:+.1f} pp [{100 * d['ci'][0]:.1f}, "
+            f"{100 * d['ci'][1]:.1f}]"
+        )
     if "restart" in comp:
         d = comp["restart"]["difference"]
-        out.print(f"restart (strict forgetting): {100 * d['delta']:+.1f} pp [{100 * d['ci'][0]:.1f}, "
-                  f"{100 * d['ci'][1]:.1f}] vs normal eviction")  # fmt: skip
-    rows = {row["role"]: row for row in results["probe"]["evict"] if row["layer"] == max(
-        r["layer"] for r in results["probe"]["evict"])}  # fmt: skip
-    restart = {row["role"]: row for row in results["probe"]["restart"] if row["layer"] == max(
-        r["layer"] for r in results["probe"]["restart"])}  # fmt: skip
-    out.print("probe, last layer (chance 10%): " + ", ".join(
-        f"{role} {100 * rows[role]['accuracy']:.1f}%" for role in ("causal control", "direct", "masked +1"))
-        + f"; masked +1 under restart {100 * restart['masked +1']['accuracy']:.1f}%")  # fmt: skip
+        out.print(
+            f"restart (strict forgetting): {100 * d['delta']:+.1f} pp [{100 * d['ci'][0]:.1f}, "
+            f"{100 * d['ci'][1]:.1f}] vs normal eviction"
+        )
+    rows = {
+        row["role"]: row
+        for row in results["probe"]["evict"]
+        if row["layer"] == max(r["layer"] for r in results["probe"]["evict"])
+    }
+    restart = {
+        row["role"]: row
+        for row in results["probe"]["restart"]
+        if row["layer"] == max(r["layer"] for r in results["probe"]["restart"])
+    }
+    out.print(
+        "probe, last layer (chance 10%): "
+        + ", ".join(f"{role} {100 * rows[role]['accuracy']:.1f}%" for role in ("causal control", "direct", "masked +1"))
+        + f"; masked +1 under restart {100 * restart['masked +1']['accuracy']:.1f}%"
+    )
 
 
 @app.command()

@@ -53,9 +53,12 @@ def inspect(
         table.add_column(col, justify="right")
     for i, s in enumerate(stats[:20]):
         table.add_row(
-            str(i), str(s["blocks"]), _brief(s["block_tokens"]), _brief(s["memento_tokens"]),
+            str(i),
+            str(s["blocks"]),
+            _brief(s["block_tokens"]),
+            _brief(s["memento_tokens"]),
             f"{s['compression_ratio']:.3f}",
-        )  # fmt: skip
+        )
     out.print(table)
     if len(stats) > 20:
         out.print(f"... {len(stats) - 20} more traces (use --json for all)")

@@ -66,5 +66,6 @@ def paired_scores(a: list[float], b: list[float]) -> Difference:
     if all(s in (0, 1) for s in (*a, *b)):
         return paired_difference([bool(s) for s in a], [bool(s) for s in b])
     diffs = [x - y for x, y in zip(a, b, strict=True)]
-    return Difference(sum(diffs) / len(diffs), mean_interval(diffs, -1.0, 1.0),
-                      sum(d > 0 for d in diffs), sum(d < 0 for d in diffs))  # fmt: skip
+    return Difference(
+        sum(diffs) / len(diffs), mean_interval(diffs, -1.0, 1.0), sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    )

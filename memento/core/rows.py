@@ -172,10 +172,16 @@ def _uniform(rows: list[dict]) -> list[dict]:
         if len(kinds - {int, float}) > 1 or (len(kinds) > 1 and not kinds <= {int, float}):
             mixed.add(key)
     return [
-        {k: (json.dumps(row.get(k), ensure_ascii=False) if k in mixed and not isinstance(row.get(k), str | None)
-             else row.get(k)) for k in keys}
+        {
+            k: (
+                json.dumps(row.get(k), ensure_ascii=False)
+                if k in mixed and not isinstance(row.get(k), str | None)
+                else row.get(k)
+            )
+            for k in keys
+        }
         for row in rows
-    ]  # fmt: skip
+    ]
 
 
 def trace_from_segments(obj: dict, where: str = "segments") -> Trace:

@@ -84,8 +84,9 @@ def split(text: str) -> list[int]:
     return starts
 
 
-def atomize(text: str, count_tokens: Callable[[list[str]], list[int]], min_tokens: int = 5,
-            max_tokens: int = 256) -> Atoms:  # fmt: skip
+def atomize(
+    text: str, count_tokens: Callable[[list[str]], list[int]], min_tokens: int = 5, max_tokens: int = 256
+) -> Atoms:
     """Split then merge; `count_tokens` maps texts to token counts; merges never grow a unit past `max_tokens`."""
     starts = split(text)
     units = [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]

@@ -86,8 +86,13 @@ class LLMScorer:
             bounds = list(range(first, min(first + window, len(units) - 1)))
             lo, hi = max(0, first - self.context), min(len(units), bounds[-1] + 2 + self.context)
             shown = "\n".join(f"[{k + 1}] {' '.join(units[k].split())}" for k in range(lo, hi))
-            text = prompt("score_boundaries", problem=problem, units=shown, count=len(bounds),
-                          boundaries=", ".join(str(b + 1) for b in bounds))  # fmt: skip
+            text = prompt(
+                "score_boundaries",
+                problem=problem,
+                units=shown,
+                count=len(bounds),
+                boundaries=", ".join(str(b + 1) for b in bounds),
+            )
             parse = functools.partial(parse_scores, count=len(bounds))
             value, reply = ask(self.backend, text, parse, self.retries, 256)
             if value is None:

@@ -32,8 +32,9 @@ class Compressor(ABC):
     def compress(self, problem: str, blocks: list[str]) -> list[str | None]: ...
 
     @abstractmethod
-    def revise(self, problem: str, blocks: list[str], index: int, memento: str, feedback: str,
-               must_include: list[str]) -> str | None:  # fmt: skip
+    def revise(
+        self, problem: str, blocks: list[str], index: int, memento: str, feedback: str, must_include: list[str]
+    ) -> str | None:
         """Rewrite memento `index` following a judge's feedback."""
 
 
@@ -133,10 +134,12 @@ class LLMCompressor(Compressor):
         from memento.data.llm import ask, prompt
 
         text = prompt(
-            "compress_one", problem=problem, block=blocks[index],
+            "compress_one",
+            problem=problem,
+            block=blocks[index],
             feedback=f"A reviewer's feedback on an earlier version: {feedback}\n" if feedback else "",
             previous=f"\nEarlier version:\n{memento}\n" if memento else "",
-        )  # fmt: skip
+        )
         value, _ = ask(self.backend, text, parse_memento, self.retries, 128 + len(blocks[index]) // 12)
         return value
 

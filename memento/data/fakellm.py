@@ -48,8 +48,18 @@ def answer(prompt: str, fault: str | None = None) -> str:
         block = prompt.split("Block:\n", 1)[1].split("\nEarlier version:")[0].split("Reply with JSON only")[0]
         reply = json.dumps({"memento": _memento(block)})
     elif task == "judge":
-        reply = json.dumps({"formulas": 3, "numbers": 2, "methods": 2, "validation": 1, "correctness": 1,
-                            "result_first": 1, "deductions": 1, "feedback": "name the method"})  # fmt: skip
+        reply = json.dumps(
+            {
+                "formulas": 3,
+                "numbers": 2,
+                "methods": 2,
+                "validation": 1,
+                "correctness": 1,
+                "result_first": 1,
+                "deductions": 1,
+                "feedback": "name the method",
+            }
+        )
     else:
         reply = "Hello."
     if fault == "bad_json":

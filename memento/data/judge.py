@@ -54,8 +54,11 @@ class RuleJudge(Judge):
         formulas = [_norm(m.group()) for m in PROTECTED.finditer(block)] + EQUATION.findall(block_n)
         key_formulas = list(dict.fromkeys(f for f in formulas if len(f) > 2))[-3:]
         tail = block_n[int(len(block_n) * 0.6) :]
-        key_numbers = list(dict.fromkeys(NUMBER.findall(tail) + [n for s in sentences(block) if has_result(s)
-                                                                for n in NUMBER.findall(s)]))[:8]  # fmt: skip
+        key_numbers = list(
+            dict.fromkeys(
+                NUMBER.findall(tail) + [n for s in sentences(block) if has_result(s) for n in NUMBER.findall(s)]
+            )
+        )[:8]
         methods = {m.lower() for m in METHODS.findall(block_n)}
         missing_formulas = [f for f in key_formulas if f not in memo_n]
         missing_numbers = [n for n in key_numbers if n not in NUMBER.findall(memo_n)]

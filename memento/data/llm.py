@@ -77,9 +77,19 @@ class LLMBackend(ABC):
 
 
 class OpenAIBackend(LLMBackend):
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 120.0,
-                 max_retries: int = 6, backoff: float = 1.0, max_backoff: float = 60.0, concurrency: int = 16,
-                 price_in: float = 0.0, price_out: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 6,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        concurrency: int = 16,
+        price_in: float = 0.0,
+        price_out: float = 0.0,
+    ):
         import httpx
 
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -161,11 +171,16 @@ class HFBackend(LLMBackend):
     def complete(self, messages, max_tokens=1024, attempt=0):
         import torch
 
-        batch = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                   return_dict=True).to(self.device)  # fmt: skip
+        batch = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(self.device)
         with self.lock, torch.no_grad():
-            out = self.lm.generate(**batch, max_new_tokens=min(max_tokens, self.max_new_tokens), do_sample=False,
-                                   pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)  # fmt: skip
+            out = self.lm.generate(
+                **batch,
+                max_new_tokens=min(max_tokens, self.max_new_tokens),
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            )
         new = out[0, batch["input_ids"].shape[1] :]
         usage = trace_usage()
         usage.calls += 1
@@ -207,8 +222,10 @@ class CachedBackend(LLMBackend):
                     break
             pending.wait()
             with self.lock:
-                failed = key not in self.in_flight and self.db.execute(
-                    "SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone() is None  # fmt: skip
+                failed = (
+                    key not in self.in_flight
+                    and self.db.execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone() is None
+                )
             if failed:  # the other thread's call failed: try ourselves
                 continue
         try:

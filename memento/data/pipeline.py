@@ -107,9 +107,14 @@ class Stages:
             if config.backend == "hf":
                 backend = HFBackend(config.model, config.hf_max_new_tokens)
             else:
-                backend = OpenAIBackend(config.base_url, config.model, timeout=config.timeout,
-                                        concurrency=config.concurrency, price_in=config.price_in,
-                                        price_out=config.price_out)  # fmt: skip
+                backend = OpenAIBackend(
+                    config.base_url,
+                    config.model,
+                    timeout=config.timeout,
+                    concurrency=config.concurrency,
+                    price_in=config.price_in,
+                    price_out=config.price_out,
+                )
             backend = CachedBackend(backend, out / "llm_cache.sqlite")
             self.scorer = LLMScorer(backend, two_pass=config.two_pass)
             self.compressor, self.judge = LLMCompressor(backend), LLMJudge(backend)
@@ -141,8 +146,9 @@ class Stages:
             if not failing:
                 break
             for i in failing:
-                revised = self.compressor.revise(raw.problem, blocks, i, mementos[i], verdicts[i].feedback,
-                                                 verdicts[i].must_include)  # fmt: skip
+                revised = self.compressor.revise(
+                    raw.problem, blocks, i, mementos[i], verdicts[i].feedback, verdicts[i].must_include
+                )
                 if revised:
                     verdict = self.judge.judge(raw.problem, blocks[i], revised)
                     if verdict.score >= verdicts[i].score:
@@ -151,8 +157,14 @@ class Stages:
         block_tokens = [int(sum(lengths[a:b])) for a, b in seg.blocks]
         memento_tokens = self.count(mementos)
         metadata = {**raw.metadata, "id": raw.id}
-        trace = Trace(raw.problem, [Block(b, m) for b, m in zip(blocks, mementos, strict=True)], raw.answer,
-                      metadata, sentences=units, block_ranges=[(a, b - 1) for a, b in seg.blocks])  # fmt: skip
+        trace = Trace(
+            raw.problem,
+            [Block(b, m) for b, m in zip(blocks, mementos, strict=True)],
+            raw.answer,
+            metadata,
+            sentences=units,
+            block_ranges=[(a, b - 1) for a, b in seg.blocks],
+        )
         stats |= {
             "blocks": len(blocks),
             "block_tokens": block_tokens,
@@ -163,8 +175,9 @@ class Stages:
         return trace, stats
 
 
-def build(input_spec: str, out_dir: str | Path, config: Config,
-          progress: Callable[[int, int], None] | None = None) -> dict:  # fmt: skip
+def build(
+    input_spec: str, out_dir: str | Path, config: Config, progress: Callable[[int, int], None] | None = None
+) -> dict:
     """Build (or resume) Memento data from `input_spec` into `out_dir`; returns the aggregate stats."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -192,8 +205,12 @@ def build(input_spec: str, out_dir: str | Path, config: Config,
         token = current_usage.set(usage)
         try:
             trace, stats = stages.run(raw)
-            record = {"index": k, "id": raw.id, "row": row_from_trace(trace, "full"),
-                      "stats": stats | {"llm": usage.as_dict()}}  # fmt: skip
+            record = {
+                "index": k,
+                "id": raw.id,
+                "row": row_from_trace(trace, "full"),
+                "stats": stats | {"llm": usage.as_dict()},
+            }
         except LLMUnavailable as e:  # transient: not journaled, so a re-run tries this trace again
             log.warning("trace %s not finished: %s", raw.id, e)
             with lock:

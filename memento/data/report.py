@@ -77,17 +77,29 @@ def write_report(out: Path, records: list[dict], config) -> dict:
         "| measure | mean | median | min | max |",
         "|---|---|---|---|---|",
     ]
-    for key in ("units_raw_per_trace", "units_per_trace", "blocks_per_trace", "block_tokens", "memento_tokens",
-                "compression_per_block", "compression_per_trace"):  # fmt: skip
+    for key in (
+        "units_raw_per_trace",
+        "units_per_trace",
+        "blocks_per_trace",
+        "block_tokens",
+        "memento_tokens",
+        "compression_per_block",
+        "compression_per_trace",
+    ):
         d = stats[key]
         if d["n"]:
             lines.append(f"| {key.replace('_', ' ')} | {d['mean']:g} | {d['median']:g} | {d['min']:g} | {d['max']:g} |")
-    lines += ["", "Candidate boundaries per trace: "
-              f"{stats['boundaries_raw_per_trace'].get('mean', 0):.1f} before merging, "
-              f"{stats['boundaries_per_trace'].get('mean', 0):.1f} after (the paper: ~397 -> ~187).", ""]  # fmt: skip
+    lines += [
+        "",
+        "Candidate boundaries per trace: "
+        f"{stats['boundaries_raw_per_trace'].get('mean', 0):.1f} before merging, "
+        f"{stats['boundaries_per_trace'].get('mean', 0):.1f} after (the paper: ~397 -> ~187).",
+        "",
+    ]
     lines += ["| judge round | mean score | pass rate (>= 8) |", "|---|---|---|"]
-    for r, (score, rate) in enumerate(zip(stats["judge_score_per_round"], stats["judge_pass_rate_per_round"],
-                                          strict=True)):  # fmt: skip
+    for r, (score, rate) in enumerate(
+        zip(stats["judge_score_per_round"], stats["judge_pass_rate_per_round"], strict=True)
+    ):
         label = "initial" if r == 0 else f"after revision {r}"
         lines.append(f"| {label} | {score.get('mean', 0):.2f} | {rate if rate is not None else 0:.1%} |")
     lines += ["", f"LLM: {stats['llm']}", ""]

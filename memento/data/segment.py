@@ -86,8 +86,9 @@ def _layer_kernel():
 _LAYER = None
 
 
-def segment(lengths, scores, lam: float = 0.5, min_tokens: int = 200, max_tokens: int | None = None,
-            resolution: int = 2) -> Segmentation:  # fmt: skip
+def segment(
+    lengths, scores, lam: float = 0.5, min_tokens: int = 200, max_tokens: int | None = None, resolution: int = 2
+) -> Segmentation:
     """The exact optimum. `lengths`: tokens per unit (n,); `scores`: boundary scores (n - 1,), multiples of
     1/`resolution`. Every block gets >= `min_tokens` and <= `max_tokens`, except that a single unit longer than
     `max_tokens` (a long code listing) is a block of its own; one block when nothing fits."""

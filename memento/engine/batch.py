@@ -68,8 +68,14 @@ class Completion:
 class Engine:
     """Generation on token ids: `generate(prompts)` -> one `Completion` per prompt, in order."""
 
-    def __init__(self, model, special: MementoIds, policy: EvictionPolicy | None = None, eos: set[int] = frozenset(),
-                 context: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        special: MementoIds,
+        policy: EvictionPolicy | None = None,
+        eos: set[int] = frozenset(),
+        context: int | None = None,
+    ):
         self.model = model.eval()
         self.special = special
         self.policy = policy or EvictionPolicy(0)
@@ -100,8 +106,10 @@ class Engine:
         sampling = sampling or Sampling()
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        generators = [sampling.generator(i) if seeds is None else replace(sampling, seed=seeds[i]).generator()
-                      for i in range(len(prompts))]  # fmt: skip
+        generators = [
+            sampling.generator(i) if seeds is None else replace(sampling, seed=seeds[i]).generator()
+            for i in range(len(prompts))
+        ]
         logits_log: list[list[torch.Tensor]] = [[] for _ in prompts]
         started = [0.0] * len(prompts)
         results: list[Completion | None] = [None] * len(prompts)

@@ -56,8 +56,14 @@ class ReferenceEngine:
         self.model, self.policy, self.special, self.geometry = model, self.engine.policy, special, self.engine.geometry
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, policy: EvictionPolicy | None = None, device: str = "cpu",
-                        dtype: torch.dtype = torch.float32, add_tokens: bool = False) -> ReferenceEngine:  # fmt: skip
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        policy: EvictionPolicy | None = None,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        add_tokens: bool = False,
+    ) -> ReferenceEngine:
         """Load a model folder. `add_tokens` adds missing Memento tokens (untrained: for plumbing tests only)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -107,6 +113,15 @@ class ReferenceEngine:
                 tail = self.decode(ids[-32:])
                 return any(s in tail for s in sampling.stop)
 
-        done = self.engine.generate([self.encode(p) for p in prompts], sampling, batch_size, force, on_token,
-                                    return_logits, processor, seeds, stop)  # fmt: skip
+        done = self.engine.generate(
+            [self.encode(p) for p in prompts],
+            sampling,
+            batch_size,
+            force,
+            on_token,
+            return_logits,
+            processor,
+            seeds,
+            stop,
+        )
         return [Generation(**vars(c), prompt=p, text=self.decode(c.ids)) for p, c in zip(prompts, done, strict=True)]

@@ -144,8 +144,9 @@ class Decoder:
 
 
 @torch.no_grad()
-def teacher_force(model, special: MementoIds, policy: EvictionPolicy, ids: list[int], completion_start: int,
-                  check: bool = False) -> tuple[torch.Tensor, Decoder]:  # fmt: skip
+def teacher_force(
+    model, special: MementoIds, policy: EvictionPolicy, ids: list[int], completion_start: int, check: bool = False
+) -> tuple[torch.Tensor, Decoder]:
     """(T, V) logits of a fixed sequence decoded with eviction (row t: what generation computes at token t), and the
     decoder holding its final cache. The prompt (ids[:completion_start]) is prefilled at once, every later token fed
     one by one; `check`: verify the cache's integrity after every step."""

@@ -65,8 +65,17 @@ def _sizes(ids: list[int], special) -> tuple[list[int], list[int]]:
 def sample_of(g: Generation, special) -> Sample:
     """A reference-engine generation as a sample (`special`: the Memento ids, None for a base model)."""
     s = g.stats
-    return Sample(g.finish_reason, s.generated_tokens, s.blocks, s.evicted_tokens, s.peak_kv_tokens,
-                  auc_ktok(s.kv_timeline[1:]), s.peak_kv_bytes, *_sizes(g.ids, special), g.text)  # fmt: skip
+    return Sample(
+        g.finish_reason,
+        s.generated_tokens,
+        s.blocks,
+        s.evicted_tokens,
+        s.peak_kv_tokens,
+        auc_ktok(s.kv_timeline[1:]),
+        s.peak_kv_bytes,
+        *_sizes(g.ids, special),
+        g.text,
+    )
 
 
 def _base_model(settings: EvalSettings, tokenizer) -> list[str]:
@@ -76,8 +85,10 @@ def _base_model(settings: EvalSettings, tokenizer) -> list[str]:
     vocab = tokenizer.get_vocab()
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing and settings.eviction.evicts:
-        raise MementoError(f"--model {settings.model} has no Memento tokens ({', '.join(missing)}): a base model is "
-                           "evaluated with --policy full (or ?policy=full in --run)")  # fmt: skip
+        raise MementoError(
+            f"--model {settings.model} has no Memento tokens ({', '.join(missing)}): a base model is "
+            "evaluated with --policy full (or ?policy=full in --run)"
+        )
     return missing
 
 
@@ -96,8 +107,9 @@ class ReferenceBackend:
         dtype = torch.float32 if settings.dtype == "auto" else getattr(torch, settings.dtype)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.settings = settings
-        self.engine = ReferenceEngine.from_pretrained(settings.model, settings.eviction, device, dtype,
-                                                      add_tokens=bool(missing))  # fmt: skip
+        self.engine = ReferenceEngine.from_pretrained(
+            settings.model, settings.eviction, device, dtype, add_tokens=bool(missing)
+        )
         self.banned = self.engine.tokenizer.convert_tokens_to_ids(missing)  # added for bookkeeping, never sampled
 
     def _ban(self, request: int, ids: list[int], logits):
@@ -108,10 +120,12 @@ class ReferenceBackend:
         from memento.engine.sampling import Sampling
 
         st = self.settings
-        sampling = Sampling(max_new_tokens=st.max_new_tokens, temperature=st.temperature, top_p=st.top_p,
-                            top_k=st.top_k)  # fmt: skip
-        done = self.engine.generate(prompts, sampling, batch_size=batch_size, seeds=seeds,
-                                    processor=self._ban if self.banned else None)  # fmt: skip
+        sampling = Sampling(
+            max_new_tokens=st.max_new_tokens, temperature=st.temperature, top_p=st.top_p, top_k=st.top_k
+        )
+        done = self.engine.generate(
+            prompts, sampling, batch_size=batch_size, seeds=seeds, processor=self._ban if self.banned else None
+        )
         return [sample_of(g, None if self.banned else self.engine.special) for g in done]
 
     def close(self) -> None:
@@ -141,8 +155,12 @@ class VLLMBackend:
         longest = max(len(self.encode(p)) for p in prompts) + settings.max_new_tokens
         context = getattr(AutoConfig.from_pretrained(settings.model).get_text_config(), "max_position_embeddings", None)
         longest = min(longest, context or longest)  # a sample that reaches it ends as `length`
-        args = {"dtype": vllm_dtype(settings.dtype), "seed": settings.seed, "max_model_len": longest,
-                "enforce_eager": not torch.cuda.is_available()}  # fmt: skip
+        args = {
+            "dtype": vllm_dtype(settings.dtype),
+            "seed": settings.seed,
+            "max_model_len": longest,
+            "enforce_eager": not torch.cuda.is_available(),
+        }
         self.llm = vllm.LLM(model=settings.model, **(args if base else engine_args(self.policy, **args)))
         config = self.llm.llm_engine.model_config  # the KV is held in the dtype vLLM runs, not the checkpoint's
         self.geometry = replace(KVGeometry.from_config(config.hf_config), dtype_bytes=config.dtype.itemsize)
@@ -152,8 +170,17 @@ class VLLMBackend:
 
         st = self.settings
         ids = [self.encode(p) for p in prompts]
-        params = [SamplingParams(temperature=st.temperature, top_p=st.top_p, top_k=st.top_k or -1, seed=seed,
-                                 max_tokens=st.max_new_tokens, detokenize=False) for seed in seeds]  # fmt: skip
+        params = [
+            SamplingParams(
+                temperature=st.temperature,
+                top_p=st.top_p,
+                top_k=st.top_k or -1,
+                seed=seed,
+                max_tokens=st.max_new_tokens,
+                detokenize=False,
+            )
+            for seed in seeds
+        ]
         outs = self.llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
         return [self._sample(p, o) for p, o in zip(ids, outs, strict=True)]
 
@@ -172,12 +199,21 @@ class VLLMBackend:
             timeline = replay(spans, self.policy, self.geometry).tokens[len(prompt) - 1 :]  # as the reference's
             server = output.kv_transfer_params["memento"]
         if int(timeline.max()) != server["peak_kv_tokens"]:
-            raise MementoError(f"vLLM held {server['peak_kv_tokens']} KV tokens at peak, the replay of its tokens "
-                               f"{int(timeline.max())}: the engine and the accounting disagree")  # fmt: skip
-        return Sample(done.finish_reason, len(completion), server["blocks"], server["evicted_tokens"],
-                      server["peak_kv_tokens"], auc_ktok(timeline[1:]),
-                      server["peak_kv_tokens"] * self.geometry.bytes_per_token, *_sizes(completion, self.special),
-                      self.tokenizer.decode(completion, skip_special_tokens=False))  # fmt: skip
+            raise MementoError(
+                f"vLLM held {server['peak_kv_tokens']} KV tokens at peak, the replay of its tokens "
+                f"{int(timeline.max())}: the engine and the accounting disagree"
+            )
+        return Sample(
+            done.finish_reason,
+            len(completion),
+            server["blocks"],
+            server["evicted_tokens"],
+            server["peak_kv_tokens"],
+            auc_ktok(timeline[1:]),
+            server["peak_kv_tokens"] * self.geometry.bytes_per_token,
+            *_sizes(completion, self.special),
+            self.tokenizer.decode(completion, skip_special_tokens=False),
+        )
 
     def close(self) -> None:
         self.llm.llm_engine.engine_core.shutdown()

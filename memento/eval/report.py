@@ -46,8 +46,10 @@ def parse_run(spec: str, default: EvictionPolicy) -> RunSpec:
     name, eq, rest = spec.partition("=")
     model, _, query = rest.partition("?")
     if not eq or not re.fullmatch(r"[\w.-]+", name) or not model:
-        raise MementoError(f"--run {spec!r}: expected NAME=MODEL_FOLDER[?policy=keep0&restart=true...], NAME of "
-                           "letters, digits, '.', '-' or '_'")  # fmt: skip
+        raise MementoError(
+            f"--run {spec!r}: expected NAME=MODEL_FOLDER[?policy=keep0&restart=true...], NAME of "
+            "letters, digits, '.', '-' or '_'"
+        )
     pairs = parse_qsl(query, keep_blank_values=True)
     options = asdict(default)
     for key, value in pairs:  # the named policy first: the options given beside it then apply to it
@@ -95,8 +97,16 @@ def describe(policy: dict) -> str:
     return " + ".join(parts)
 
 
-def run_all(runs: list[RunSpec], tasks: list[str], out: Path, common: dict, limit: int | None = None,
-            batch_size: int | None = None, progress: bool = True, device: str | None = None) -> dict:  # fmt: skip
+def run_all(
+    runs: list[RunSpec],
+    tasks: list[str],
+    out: Path,
+    common: dict,
+    limit: int | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    device: str | None = None,
+) -> dict:
     """Evaluate every run on every task (each resumable), then write the comparison and the report."""
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
@@ -114,12 +124,17 @@ def run_all(runs: list[RunSpec], tasks: list[str], out: Path, common: dict, limi
         summaries[name, task] = evaluate(st, folder, limit, batch_size, progress, device)
         records[name, task] = records_of(read_records(folder), problems[task])
     result = {
-        "tasks": tasks, "runs": [asdict(r) for r in runs], "settings": common, "limit": limit,
+        "tasks": tasks,
+        "runs": [asdict(r) for r in runs],
+        "settings": common,
+        "limit": limit,
         "summaries": [{"run": n, **s} for (n, _), s in summaries.items()],
         "differences": differences(runs, tasks, summaries, records),
-    }  # fmt: skip
-    result["plots"] = {"accuracy_vs_kv": plot_accuracy(result, out / "accuracy_vs_kv.png"),
-                       "distributions": plot_distributions(records, out / "distributions.png")}  # fmt: skip
+    }
+    result["plots"] = {
+        "accuracy_vs_kv": plot_accuracy(result, out / "accuracy_vs_kv.png"),
+        "distributions": plot_distributions(records, out / "distributions.png"),
+    }
     (out / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "report.md").write_text(report(result))
     return result
@@ -136,12 +151,20 @@ def differences(runs: list[RunSpec], tasks: list[str], summaries: dict, records:
             if d is None:
                 continue
             sa, sb = summaries[run.name, task], summaries[base, task]
-            out.append({
-                "run": run.name, "baseline": base, "task": task, "problems": len(set.intersection(*common)),
-                "pass@1_delta": d.delta, "pass@1_delta_ci95": list(d.ci), "better": d.only_a, "worse": d.only_b,
-                "peak_kv_ratio": sb["peak_kv_tokens"] / sa["peak_kv_tokens"] if sa["peak_kv_tokens"] else None,
-                "auc_kv_ratio": sb["auc_kv_ktok"] / sa["auc_kv_ktok"] if sa["auc_kv_ktok"] else None,
-            })  # fmt: skip
+            out.append(
+                {
+                    "run": run.name,
+                    "baseline": base,
+                    "task": task,
+                    "problems": len(set.intersection(*common)),
+                    "pass@1_delta": d.delta,
+                    "pass@1_delta_ci95": list(d.ci),
+                    "better": d.only_a,
+                    "worse": d.only_b,
+                    "peak_kv_ratio": sb["peak_kv_tokens"] / sa["peak_kv_tokens"] if sa["peak_kv_tokens"] else None,
+                    "auc_kv_ratio": sb["auc_kv_ktok"] / sa["auc_kv_ktok"] if sa["auc_kv_ktok"] else None,
+                }
+            )
     return out
 
 
@@ -159,8 +182,15 @@ def plot_accuracy(result: dict, path: Path) -> str:
         colour = f"C{names.index(s['run']) % 10}"
         marker = markers[result["tasks"].index(s["task"]) % len(markers)]
         y, (lo, hi) = 100 * s["pass@1"], s["pass@1_ci95"]
-        ax.errorbar(s["peak_kv_tokens"], y, yerr=[[y - 100 * lo], [100 * hi - y]], fmt=marker, color=colour,
-                    capsize=3, label=f"{s['run']}, {s['task']}")  # fmt: skip
+        ax.errorbar(
+            s["peak_kv_tokens"],
+            y,
+            yerr=[[y - 100 * lo], [100 * hi - y]],
+            fmt=marker,
+            color=colour,
+            capsize=3,
+            label=f"{s['run']}, {s['task']}",
+        )
     ax.set_xlabel("peak KV per sample (tokens, mean)")
     ax.set_ylabel("pass@1 (%)")
     ax.set_title("Accuracy vs peak KV")
@@ -205,17 +235,21 @@ def report(result: dict) -> str:
         sampling = f"temperature {st['temperature']}, top-p {st.get('top_p', 1.0)}, top-k {st.get('top_k') or 'off'}"
     scope = "" if result["limit"] is None else f", first {result['limit']} problems of each task"
     lines = [
-        f"# memento eval: {', '.join(tasks)}", "",
+        f"# memento eval: {', '.join(tasks)}",
+        "",
         f"{k} sample{'s' if k > 1 else ''} per problem, {sampling}, at most {st.get('max_new_tokens')} new tokens, "
         f"seed {st.get('seed', 0)}, {st.get('engine', 'reference')} engine"
         f"{scope}. "
-        f"Written by `memento eval` on {time.strftime('%Y-%m-%d %H:%M')}.", "",
-        "## Accuracy and KV", "",
+        f"Written by `memento eval` on {time.strftime('%Y-%m-%d %H:%M')}.",
+        "",
+        "## Accuracy and KV",
+        "",
         "pass@1 (%) [95% interval] per task; peak KV and KV AUC are means per sample over all tasks (the layout of "
-        "the paper's Table 1).", "",
+        "the paper's Table 1).",
+        "",
         "| run | model | policy | " + " | ".join(tasks) + " | peak KV (tokens) | KV AUC (k tokens) |",
         "|---|---|---|" + "---|" * len(tasks) + "---|---|",
-    ]  # fmt: skip
+    ]
     for r in runs:
         cells = []
         for t in tasks:
@@ -228,38 +262,74 @@ def report(result: dict) -> str:
         def mean(key, mine=mine, weights=weights):
             return sum(s[key] * w for s, w in zip(mine, weights, strict=True)) / max(sum(weights), 1)
 
-        lines.append(f"| {r['name']} | {Path(r['model']).name} | {describe(r['policy'])} | {' | '.join(cells)} | "
-                     f"{mean('peak_kv_tokens'):.0f} | {mean('auc_kv_ktok'):.1f} |")  # fmt: skip
+        lines.append(
+            f"| {r['name']} | {Path(r['model']).name} | {describe(r['policy'])} | {' | '.join(cells)} | "
+            f"{mean('peak_kv_tokens'):.0f} | {mean('auc_kv_ktok'):.1f} |"
+        )
     many = [f"pass@{k}", f"maj@{k}"] if k > 1 else []
-    head = ["task", "run", "problems", "pass@1", *many, "no answer", "truncated", "tokens", "blocks",
-            "memento (tokens)", "peak KV (tokens)", "peak KV (GB)", "KV AUC (k tokens)"]  # fmt: skip
+    head = [
+        "task",
+        "run",
+        "problems",
+        "pass@1",
+        *many,
+        "no answer",
+        "truncated",
+        "tokens",
+        "blocks",
+        "memento (tokens)",
+        "peak KV (tokens)",
+        "peak KV (GB)",
+        "KV AUC (k tokens)",
+    ]
     lines += ["", "## Per task", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for t in tasks:
         for r in runs:
             s = by[r["name"], t]
-            cells = [t, r["name"], str(s["problems"]), *(_pct(s[m]) for m in ["pass@1", *many]), _pct(s["no_answer"]),
-                     _pct(s["truncated"]), f"{s['tokens']:.0f}", f"{s['blocks']:.1f}",
-                     "-" if s.get("memento_tokens") is None else f"{s['memento_tokens']:.1f}",
-                     f"{s['peak_kv_tokens']:.0f}", "-" if s.get("peak_kv_gb") is None else f"{s['peak_kv_gb']:.4f}",
-                     f"{s['auc_kv_ktok']:.1f}"]  # fmt: skip
+            cells = [
+                t,
+                r["name"],
+                str(s["problems"]),
+                *(_pct(s[m]) for m in ["pass@1", *many]),
+                _pct(s["no_answer"]),
+                _pct(s["truncated"]),
+                f"{s['tokens']:.0f}",
+                f"{s['blocks']:.1f}",
+                "-" if s.get("memento_tokens") is None else f"{s['memento_tokens']:.1f}",
+                f"{s['peak_kv_tokens']:.0f}",
+                "-" if s.get("peak_kv_gb") is None else f"{s['peak_kv_gb']:.4f}",
+                f"{s['auc_kv_ktok']:.1f}",
+            ]
             lines.append("| " + " | ".join(cells) + " |")
     if result["differences"]:
         base = result["differences"][0]["baseline"]
         lines += [
-            "", f"## Differences from {base}", "",
+            "",
+            f"## Differences from {base}",
+            "",
             f"Paired over the same problems and seeds: pass@1 difference in points [95% interval]; better / worse = "
             f"problems the run scores higher / lower on than {base}; KV: {base}'s mean per sample divided by the "
-            "run's (above 1: the run holds less).", "",
+            "run's (above 1: the run holds less).",
+            "",
             "| task | run | problems | pass@1 difference | better / worse | peak KV | KV AUC |",
             "|---|---|---|---|---|---|---|",
-        ]  # fmt: skip
+        ]
         for d in result["differences"]:
             lo, hi = d["pass@1_delta_ci95"]
             peak = "-" if d["peak_kv_ratio"] is None else f"{d['peak_kv_ratio']:.2f}x"
             auc = "-" if d["auc_kv_ratio"] is None else f"{d['auc_kv_ratio']:.2f}x"
             delta = f"{100 * d['pass@1_delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-            lines.append(f"| {d['task']} | {d['run']} | {d['problems']} | {delta} | {d['better']} / {d['worse']} | "
-                         f"{peak} | {auc} |")  # fmt: skip
-    lines += ["", "## Plots", "", "![accuracy vs peak KV](accuracy_vs_kv.png)", "",
-              "![blocks and memento sizes](distributions.png)", ""]  # fmt: skip
+            lines.append(
+                f"| {d['task']} | {d['run']} | {d['problems']} | {delta} | {d['better']} / {d['worse']} | "
+                f"{peak} | {auc} |"
+            )
+    lines += [
+        "",
+        "## Plots",
+        "",
+        "![accuracy vs peak KV](accuracy_vs_kv.png)",
+        "",
+        "![blocks and memento sizes](distributions.png)",
+        "",
+    ]
     return "\n".join(lines)

@@ -33,8 +33,15 @@ from memento.eval.settings import EvalSettings
 from memento.eval.tasks import Problem, Task, get
 
 
-def evaluate(settings: EvalSettings, out: Path, limit: int | None = None, batch_size: int | None = None,
-             progress: bool = True, device: str | None = None, save_every: int | None = None) -> dict:  # fmt: skip
+def evaluate(
+    settings: EvalSettings,
+    out: Path,
+    limit: int | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    device: str | None = None,
+    save_every: int | None = None,
+) -> dict:
     """Generate, check and record every missing sample, then summarize the run into `summary.json`. `batch_size`:
     the reference engine's batch slots (default 16), or vLLM's samples per call (default 256; vLLM schedules within a
     call); `save_every`: samples per engine call, saved after each (default: `batch_size`; more lets the reference
@@ -88,8 +95,9 @@ def problems_of(name: str, limit: int | None = None) -> tuple[Task, list[Problem
     seen: dict[str, int] = {}
     for n, p in enumerate(problems, 1):
         if p.id in seen:
-            raise MementoError(f"task {name}: problems {seen[p.id]} and {n} have the same id {p.id!r}; give every "
-                               "problem its own id")  # fmt: skip
+            raise MementoError(
+                f"task {name}: problems {seen[p.id]} and {n} have the same id {p.id!r}; give every problem its own id"
+            )
         seen[p.id] = n
     return task, problems
 
@@ -118,8 +126,15 @@ def record(task, problem: Problem, sample: int, seed: int, s: backends.Sample) -
         raise
     except Exception as e:  # a broken problem (test data, reference): name it, rather than a bare traceback
         raise MementoError(f"task {task.name}, problem {problem.id}: checking failed ({type(e).__name__}: {e})") from e
-    return {"problem": problem.id, "sample": sample, "seed": seed, "reference": problem.reference,
-            "answer": verdict.answer, "outcome": verdict.outcome, **s.record()}  # fmt: skip
+    return {
+        "problem": problem.id,
+        "sample": sample,
+        "seed": seed,
+        "reference": problem.reference,
+        "answer": verdict.answer,
+        "outcome": verdict.outcome,
+        **s.record(),
+    }
 
 
 _DEFAULTS = {f.name: f.default for f in fields(EvalSettings) if f.default is not MISSING}
@@ -136,12 +151,15 @@ def _open(settings: EvalSettings, out: Path) -> list[dict]:
             diff = []
             for k, v in mine.items():
                 if isinstance(v, dict) and isinstance(theirs.get(k), dict):
-                    diff += [f"{k}.{x}: {theirs[k].get(x)!r} there, {y!r} now" for x, y in v.items()
-                             if theirs[k].get(x) != y]  # fmt: skip
+                    diff += [
+                        f"{k}.{x}: {theirs[k].get(x)!r} there, {y!r} now" for x, y in v.items() if theirs[k].get(x) != y
+                    ]
                 elif theirs.get(k) != v:
                     diff.append(f"{k}: {theirs.get(k)!r} there, {v!r} now")
-            raise MementoError(f"{out} holds a run with other settings ({', '.join(diff)}); evaluate into another "
-                               "folder (`memento eval`: another --out, or another NAME in --run NAME=...)")  # fmt: skip
+            raise MementoError(
+                f"{out} holds a run with other settings ({', '.join(diff)}); evaluate into another "
+                "folder (`memento eval`: another --out, or another NAME in --run NAME=...)"
+            )
     else:
         meta.write_text(json.dumps(mine, indent=1) + "\n")
     records = []
@@ -190,19 +208,28 @@ def summarize(records: list[dict], settings: EvalSettings, about: str = "", vote
         return sum(r[key] for r in records) / total
 
     return {
-        "task": settings.task, "about": about, "model": settings.model, "policy": settings.policy,
+        "task": settings.task,
+        "about": about,
+        "model": settings.model,
+        "policy": settings.policy,
         "engine": settings.engine,
-        "problems": n, "samples": k, "pass@1": sum(pass1) / max(n, 1), f"pass@{k}": sum(passk) / max(n, 1),
+        "problems": n,
+        "samples": k,
+        "pass@1": sum(pass1) / max(n, 1),
+        f"pass@{k}": sum(passk) / max(n, 1),
         f"maj@{k}": sum(majk) / max(n, 1) if votes else None,
         "pass@1_ci95": list(wilson(round(sum(pass1)), n) if binary else mean_interval(pass1)),
         "no_answer": sum(r["outcome"] == "no_answer" for r in records) / total,
         "truncated": sum(r["finish_reason"] == "length" for r in records) / total,
-        "tokens": mean("tokens"), "blocks": mean("blocks"), "peak_kv_tokens": mean("peak_kv_tokens"),
-        "auc_kv_ktok": mean("auc_kv_ktok"), "evicted_tokens": mean("evicted_tokens"),
+        "tokens": mean("tokens"),
+        "blocks": mean("blocks"),
+        "peak_kv_tokens": mean("peak_kv_tokens"),
+        "auc_kv_ktok": mean("auc_kv_ktok"),
+        "evicted_tokens": mean("evicted_tokens"),
         "peak_kv_gb": mean("peak_kv_bytes") / 1e9 if all("peak_kv_bytes" in r for r in records) else None,
         "block_tokens": _mean([t for r in records for t in r.get("block_tokens", [])]),
         "memento_tokens": _mean([t for r in records for t in r.get("memento_tokens", [])]),
-    }  # fmt: skip
+    }
 
 
 def _mean(values: list) -> float | None:

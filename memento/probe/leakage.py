@@ -159,8 +159,15 @@ class Leakage(NamedTuple):
         for layer in range(self.accuracy.shape[0]):
             for m in range(self.accuracy.shape[1]):
                 lo, hi = self.ci(layer, m)
-                rows.append({"layer": layer + 1, "memento": m + 1, "role": self.role(m),
-                             "accuracy": float(self.accuracy[layer, m]), "ci": [lo, hi]})  # fmt: skip
+                rows.append(
+                    {
+                        "layer": layer + 1,
+                        "memento": m + 1,
+                        "role": self.role(m),
+                        "accuracy": float(self.accuracy[layer, m]),
+                        "ci": [lo, hi],
+                    }
+                )
         return rows
 
 
@@ -229,8 +236,10 @@ def probe_model(
             raise MementoError(f"--task {task}: the passcode note is defined for the orbit task; use --traces FILE")
         marked_from = held_out(task, n, seed + 20_000, notes=0.0)
         if not 1 <= block < len(marked_from[0].blocks) - 1:
-            raise MementoError(f"--block {block + 1}: orbit's passcode goes into a round before the last one, "
-                               f"blocks 2-{len(marked_from[0].blocks) - 1}")  # fmt: skip
+            raise MementoError(
+                f"--block {block + 1}: orbit's passcode goes into a round before the last one, "
+                f"blocks 2-{len(marked_from[0].blocks) - 1}"
+            )
         digits = rng.integers(0, 10, len(marked_from)).tolist()
         marked = [with_note(t, block, d) for t, d in zip(marked_from, digits, strict=True)]
         toy = True
@@ -242,8 +251,10 @@ def probe_model(
             raise MementoError(f"{traces}: {len(found)} traces have at least {block + 2} blocks; the probe needs 20+")
         keep = min(len(t.blocks) for t in found)
         digits = rng.integers(0, 10, len(found)).tolist()
-        marked = [inject(Trace(t.problem, t.blocks[:keep], t.answer), block, template.format(digit=d))
-                  for t, d in zip(found, digits, strict=True)]  # fmt: skip
+        marked = [
+            inject(Trace(t.problem, t.blocks[:keep], t.answer), block, template.format(digit=d))
+            for t, d in zip(found, digits, strict=True)
+        ]
         toy = False
     delimiters = toy if mask_delimiters is None else mask_delimiters
     config = ProbeConfig(seed=seed)

@@ -178,8 +178,10 @@ def example_timelines(folders: dict[str, Path]) -> dict[str, list[int]]:
 
     problem = held_out(TASK, 1, seed=30_000)[0].problem
     out = {}
-    for name, policy, label in (("control", FULL, "Control, full attention"),
-                                ("curriculum", EVICT, "Memento, eviction")):  # fmt: skip
+    for name, policy, label in (
+        ("control", FULL, "Control, full attention"),
+        ("curriculum", EVICT, "Memento, eviction"),
+    ):
         model, tokenizer = load(folders[name])
         generation = ReferenceEngine(model, tokenizer, policy).generate(problem, Sampling(max_new_tokens=1024))[0]
         out[label] = generation.stats.kv_timeline
@@ -201,8 +203,12 @@ def copy_to_package(folders: dict[str, Path]) -> dict[str, Path]:
         target = SHIPPED / name
         shutil.rmtree(target, ignore_errors=True)
         AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(target)
-        for extra in (*folder.glob("tokenizer*"), *folder.glob("special_tokens*"), *folder.glob("chat_template*"),
-                      folder / "recipe.yaml"):  # fmt: skip
+        for extra in (
+            *folder.glob("tokenizer*"),
+            *folder.glob("special_tokens*"),
+            *folder.glob("chat_template*"),
+            folder / "recipe.yaml",
+        ):
             shutil.copy(extra, target / extra.name)
         lines = training_log(folder).read_text().splitlines()
         if name == "stage1":  # the curriculum's first stage: its log is the curriculum's, cut to stage 1

@@ -59,8 +59,16 @@ def well_formed(text: str, plain: bool) -> bool:
     return not recovered.dropped and bool(recovered.trace.blocks)
 
 
-def evaluate(model: Path, task: str, policy: EvictionPolicy, out: Path, problems: int, batch_size: int = 32,
-             max_new_tokens: int = 1024, plain: bool = False) -> Scores:  # fmt: skip
+def evaluate(
+    model: Path,
+    task: str,
+    policy: EvictionPolicy,
+    out: Path,
+    problems: int,
+    batch_size: int = 32,
+    max_new_tokens: int = 1024,
+    plain: bool = False,
+) -> Scores:
     """Score the model folder `model` on the first `problems` held-out problems of toy task `task` under `policy`
     (greedy), its run written afresh into `out` (a model retrained in place must not reuse old records)."""
     settings = EvalSettings(str(model), f"toy:{task}", max_new_tokens=max_new_tokens, policy=policy)

@@ -188,5 +188,7 @@ def probe(folder: Path, task: str, size: Size, seed: int = 20_000, block: int = 
     traces = held_out(task, size.probe_traces, seed, notes=0.0)  # orbit only: its note carries the passcode
     digits = np.random.default_rng(seed).integers(0, 10, len(traces)).tolist()
     marked = [with_note(t, block, d) for t, d in zip(traces, digits, strict=True)]
-    return {mode: leakage(model, tokenizer, marked, digits, policy, block)
-            for mode, policy in (("evict", EVICT), ("restart", RESTART))}  # fmt: skip
+    return {
+        mode: leakage(model, tokenizer, marked, digits, policy, block)
+        for mode, policy in (("evict", EVICT), ("restart", RESTART))
+    }

@@ -38,20 +38,22 @@ def headline(results: list[Accuracy]) -> list[dict]:
     rows = []
     for r in results:
         main = r.full if r.evict is None else r.evict
-        rows.append({
-            "model": r.name,
-            "training": BY_NAME[r.name].about if r.name in BY_NAME else "",
-            "accuracy_full": r.full.accuracy if r.full else None,
-            "accuracy_evict": r.evict.accuracy if r.evict else None,
-            "ci_evict": r.evict.ci if r.evict else None,
-            "ci_full": r.full.ci if r.full else None,
-            "peak_kv_tokens": main.peak_kv_tokens,
-            "auc_ktok": main.auc_ktok,
-            "peak_vs_control": control.full.peak_kv_tokens / main.peak_kv_tokens if control else None,
-            "auc_vs_control": control.full.auc_ktok / main.auc_ktok if control and main.auc_ktok else None,
-            "tokens_per_s": main.tokens_per_s,
-            "well_formed": main.well_formed,
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": r.name,
+                "training": BY_NAME[r.name].about if r.name in BY_NAME else "",
+                "accuracy_full": r.full.accuracy if r.full else None,
+                "accuracy_evict": r.evict.accuracy if r.evict else None,
+                "ci_evict": r.evict.ci if r.evict else None,
+                "ci_full": r.full.ci if r.full else None,
+                "peak_kv_tokens": main.peak_kv_tokens,
+                "auc_ktok": main.auc_ktok,
+                "peak_vs_control": control.full.peak_kv_tokens / main.peak_kv_tokens if control else None,
+                "auc_vs_control": control.full.auc_ktok / main.auc_ktok if control and main.auc_ktok else None,
+                "tokens_per_s": main.tokens_per_s,
+                "well_formed": main.well_formed,
+            }
+        )
     return rows
 
 
@@ -66,8 +68,10 @@ def markdown_table(rows: list[dict]) -> list[str]:
         evict = "-" if r["accuracy_evict"] is None else f"{pct(r['accuracy_evict'])} {interval(r['ci_evict'])}"
         ratio = "-" if r["peak_vs_control"] is None else f"{r['peak_vs_control']:.2f}x lower"
         auc = "-" if r["auc_vs_control"] is None else f"{r['auc_vs_control']:.2f}x lower"
-        lines.append(f"| {r['model']} | {r['training']} | {full} | {evict} | {r['peak_kv_tokens']:.0f} | {ratio} "
-                     f"| {auc} | {r['tokens_per_s']:,.0f} |")  # fmt: skip
+        lines.append(
+            f"| {r['model']} | {r['training']} | {full} | {evict} | {r['peak_kv_tokens']:.0f} | {ratio} "
+            f"| {auc} | {r['tokens_per_s']:,.0f} |"
+        )
     return lines
 
 
@@ -75,8 +79,10 @@ def plot_accuracy(rows: list[dict], path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
     x = np.arange(len(rows))
-    for offset, key, ci, label in ((-0.2, "accuracy_full", "ci_full", "full attention"),
-                                   (0.2, "accuracy_evict", "ci_evict", "eviction")):  # fmt: skip
+    for offset, key, ci, label in (
+        (-0.2, "accuracy_full", "ci_full", "full attention"),
+        (0.2, "accuracy_evict", "ci_evict", "eviction"),
+    ):
         have = [i for i, r in enumerate(rows) if r[key] is not None]
         values = [100 * rows[i][key] for i in have]
         err = [
@@ -163,15 +169,21 @@ def comparisons(results: list[Accuracy]) -> dict:
     if cur and "control" in by:
         control = by["control"].full
         difference = experiments.difference(cur.evict, control)._asdict()
-        out["memento vs control"] = {"curriculum": cur.evict.accuracy, "control": control.accuracy,
-                                     "difference": difference}  # fmt: skip
+        out["memento vs control"] = {
+            "curriculum": cur.evict.accuracy,
+            "control": control.accuracy,
+            "difference": difference,
+        }
     for other, label in (("stage2-total", "equal total compute"), ("stage2-only", "equal stage-2 compute")):
         if cur and other in by:
             difference = experiments.difference(cur.evict, by[other].evict)._asdict()
             out[label] = {"curriculum": cur.evict.accuracy, other: by[other].evict.accuracy, "difference": difference}
     if cur and cur.restart is not None:
-        out["restart"] = {"evict": cur.evict.accuracy, "restart": cur.restart.accuracy,
-                          "difference": restart_effect(cur)._asdict()}  # fmt: skip
+        out["restart"] = {
+            "evict": cur.evict.accuracy,
+            "restart": cur.restart.accuracy,
+            "difference": restart_effect(cur)._asdict(),
+        }
     return out
 
 
@@ -219,14 +231,18 @@ def write(out: Path, results: dict, leak: dict, plots: dict[str, Path]) -> Path:
             c = comp[label]
             other = next(k for k in c if k not in ("curriculum", "difference"))
             d = c["difference"]
-            lines.append(f"- {label}: curriculum {pct(c['curriculum'])} vs {other} {pct(c[other])} with eviction: "
-                         f"difference {100 * d['delta']:+.1f} pp {interval(d['ci'])}.")  # fmt: skip
+            lines.append(
+                f"- {label}: curriculum {pct(c['curriculum'])} vs {other} {pct(c[other])} with eviction: "
+                f"difference {100 * d['delta']:+.1f} pp {interval(d['ci'])}."
+            )
     lines += ["", f"![curves]({plots['curves'].name})", "", "## Restart mode (strict forgetting)", ""]
     if "restart" in comp:
         c = comp["restart"]
         d = c["difference"]
-        lines.append(f"Curriculum model: eviction {pct(c['evict'])}, restart {pct(c['restart'])}: "
-                     f"{100 * d['delta']:+.1f} pp {interval(d['ci'])} (paper: {PAPER['restart']}).")  # fmt: skip
+        lines.append(
+            f"Curriculum model: eviction {pct(c['evict'])}, restart {pct(c['restart'])}: "
+            f"{100 * d['delta']:+.1f} pp {interval(d['ci'])} (paper: {PAPER['restart']})."
+        )
     last = evict.accuracy.shape[0] - 1
     lines += [
         "",
@@ -240,20 +256,29 @@ def write(out: Path, results: dict, leak: dict, plots: dict[str, Path]) -> Path:
     ]
     for layer in range(evict.accuracy.shape[0]):
         cells = [(evict, b - 1), (evict, b), (evict, b + 1), (restart, b + 1)]
-        lines.append(f"| {layer + 1} | " + " | ".join(
-            f"{pct(r.accuracy[layer, m])} {interval(r.ci(layer, m))}" for r, m in cells) + " |")  # fmt: skip
+        lines.append(
+            f"| {layer + 1} | "
+            + " | ".join(f"{pct(r.accuracy[layer, m])} {interval(r.ci(layer, m))}" for r, m in cells)
+            + " |"
+        )
     lines += [
         "",
-        "By distance (last layer): " + ", ".join(
+        "By distance (last layer): "
+        + ", ".join(
             f"{evict.role(m)} {pct(evict.accuracy[last, m])} {interval(evict.ci(last, m))}"
-            for m in range(b, evict.accuracy.shape[1])) + ".",
-        "Restart mode, same: " + ", ".join(
+            for m in range(b, evict.accuracy.shape[1])
+        )
+        + ".",
+        "Restart mode, same: "
+        + ", ".join(
             f"{restart.role(m)} {pct(restart.accuracy[last, m])} {interval(restart.ci(last, m))}"
-            for m in range(b, restart.accuracy.shape[1])) + ".",
+            for m in range(b, restart.accuracy.shape[1])
+        )
+        + ".",
         f"Paper: {PAPER['probe']}.",
         "",
         f"![probe by layer]({plots['probe_layers'].name}) ![probe by distance]({plots['probe_distance'].name})",
-    ]  # fmt: skip
+    ]
     if "live" in results:
         size = results["live_size"]
         lines += [

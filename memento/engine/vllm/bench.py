@@ -149,8 +149,16 @@ class Run:
         }
 
 
-def run_engine(model: str, work: Workload, *, memento: EvictionPolicy | None, pages: int, block_size: int,
-               dtype: str, progress: bool = True) -> Run:  # fmt: skip
+def run_engine(
+    model: str,
+    work: Workload,
+    *,
+    memento: EvictionPolicy | None,
+    pages: int,
+    block_size: int,
+    dtype: str,
+    progress: bool = True,
+) -> Run:
     """Serve the workload as one batch on a fresh engine; `memento=None` is stock vLLM."""
     from memento.engine.vllm import engine_args, environment, require_vllm
 
@@ -158,9 +166,15 @@ def run_engine(model: str, work: Workload, *, memento: EvictionPolicy | None, pa
     environment(cpu_kv_gib=max(1, math.ceil(pages * block_size * 1e-5)))
     with tempfile.TemporaryDirectory(prefix="memento-bench-") as tmp:
         record = Path(tmp) / "samples.jsonl"
-        common = {"dtype": dtype, "enforce_eager": True, "seed": 0, "block_size": block_size,
-                  "max_model_len": work.longest, "num_gpu_blocks_override": pages + 1,  # + vLLM's null page
-                  "disable_log_stats": False}  # fmt: skip
+        common = {
+            "dtype": dtype,
+            "enforce_eager": True,
+            "seed": 0,
+            "block_size": block_size,
+            "max_model_len": work.longest,
+            "num_gpu_blocks_override": pages + 1,  # + vLLM's null page
+            "disable_log_stats": False,
+        }
         bench = {"memento_bench": {"record": str(record)}}
         if memento is None:
             args = {**common, "scheduler_cls": STOCK_RECORDER, "additional_config": bench}
@@ -171,9 +185,8 @@ def run_engine(model: str, work: Workload, *, memento: EvictionPolicy | None, pa
         llm = vllm.LLM(model=str(model), **args)
         try:
             params = [_params(vllm, c, memento) for c in work.completions]
-            llm.generate(
-                [{"prompt_token_ids": work.prompts[0]}], _params(vllm, work.completions[0][:8], memento), use_tqdm=False
-            )  # fmt: skip  (warm-up, outside the timed batch)
+            warm_up = _params(vllm, work.completions[0][:8], memento)  # outside the timed batch
+            llm.generate([{"prompt_token_ids": work.prompts[0]}], warm_up, use_tqdm=False)
             start = time.monotonic()
             outs = llm.generate([{"prompt_token_ids": p} for p in work.prompts], params, use_tqdm=progress)
             seconds = time.monotonic() - start
@@ -191,8 +204,16 @@ def run_engine(model: str, work: Workload, *, memento: EvictionPolicy | None, pa
         stats = {k: sum(p[k] for p in per) for k in ("evictions", "evicted_tokens", "preemptions")}
         stats["peak_kv_tokens_max"] = max(p["peak_kv_tokens"] for p in per)
     preempted = metrics.get("vllm:num_preemptions")
-    return Run("vLLM + Memento" if memento else "stock vLLM", seconds, sum(map(len, got)),
-               int(preempted.value) if preempted else 0, pages, block_size, samples, stats)  # fmt: skip
+    return Run(
+        "vLLM + Memento" if memento else "stock vLLM",
+        seconds,
+        sum(map(len, got)),
+        int(preempted.value) if preempted else 0,
+        pages,
+        block_size,
+        samples,
+        stats,
+    )
 
 
 def _params(vllm, completion: list[int], memento: EvictionPolicy | None):
@@ -203,8 +224,17 @@ def _params(vllm, completion: list[int], memento: EvictionPolicy | None):
     return vllm.SamplingParams(max_tokens=n, ignore_eos=True, temperature=0, extra_args=extra)
 
 
-def compare(model: str, work: Workload, *, policy: EvictionPolicy, pages: int | None = None, block_size: int = 32,
-            dtype: str = "auto", progress: bool = True, phase=print) -> dict:  # fmt: skip
+def compare(
+    model: str,
+    work: Workload,
+    *,
+    policy: EvictionPolicy,
+    pages: int | None = None,
+    block_size: int = 32,
+    dtype: str = "auto",
+    progress: bool = True,
+    phase=print,
+) -> dict:
     """Both engines on the same workload and pool; the result holds both summaries, their ratios and the series.
     `dtype` auto: bf16 where this machine runs it natively, else float32 (`memento.core.precision`)."""
     from memento.core.precision import resolve
@@ -213,13 +243,16 @@ def compare(model: str, work: Workload, *, policy: EvictionPolicy, pages: int | 
         dtype = str(resolve("auto").dtype).removeprefix("torch.")  # bfloat16 | float32
     pages = pages or math.ceil(4 * work.longest / block_size)
     if pages * block_size < work.longest:
-        raise MementoError(f"a pool of {pages} pages x {block_size} cannot hold the longest request "
-                           f"({work.longest} tokens): stock vLLM would refuse to start")  # fmt: skip
+        raise MementoError(
+            f"a pool of {pages} pages x {block_size} cannot hold the longest request "
+            f"({work.longest} tokens): stock vLLM would refuse to start"
+        )
     runs = []
     for name, memento in (("stock vLLM", None), ("vLLM + Memento", policy)):
         phase(f"{name}: {len(work.prompts)} requests, KV pool {pages} pages x {block_size} tokens")
-        runs.append(run_engine(model, work, memento=memento, pages=pages, block_size=block_size, dtype=dtype,
-                               progress=progress))  # fmt: skip
+        runs.append(
+            run_engine(model, work, memento=memento, pages=pages, block_size=block_size, dtype=dtype, progress=progress)
+        )
     stock, mem = (r.summary() for r in runs)
     ratios = {
         "throughput": round(mem["tokens_per_s"] / stock["tokens_per_s"], 3),
@@ -232,11 +265,18 @@ def compare(model: str, work: Workload, *, policy: EvictionPolicy, pages: int | 
     }
     lengths = [len(c) for c in work.completions]
     settings = {
-        "model": str(model), "dtype": dtype, "requests": len(work.prompts), "traces": work.source,
-        "scale": work.scale, "policy": asdict(policy), "kv_pool_pages": pages, "block_size": block_size,
-        "kv_pool_tokens": pages * block_size, "longest_request_tokens": work.longest,
+        "model": str(model),
+        "dtype": dtype,
+        "requests": len(work.prompts),
+        "traces": work.source,
+        "scale": work.scale,
+        "policy": asdict(policy),
+        "kv_pool_pages": pages,
+        "block_size": block_size,
+        "kv_pool_tokens": pages * block_size,
+        "longest_request_tokens": work.longest,
         "completion_tokens": {"min": min(lengths), "max": max(lengths), "total": sum(lengths)},
-    }  # fmt: skip
+    }
     series = {r.engine: r.samples for r in runs}
     return {"settings": settings, "stock": stock, "memento": mem, "ratios": ratios, "series": series}
 
@@ -255,8 +295,10 @@ def plot(result: dict, path: Path) -> Path:
     run.set_ylabel("running requests")
     run.set_xlabel("seconds")
     r = result["ratios"]
-    kv.set_title(f"{s['requests']} requests, same KV pool ({s['kv_pool_tokens']} tokens): Memento "
-                 f"{r['throughput']:.2f}x output tokens/s")  # fmt: skip
+    kv.set_title(
+        f"{s['requests']} requests, same KV pool ({s['kv_pool_tokens']} tokens): Memento "
+        f"{r['throughput']:.2f}x output tokens/s"
+    )
     kv.legend(loc="upper right")
     return save(fig, path, dpi=110)
 
@@ -269,12 +311,16 @@ def report(result: dict, command: str) -> list[str]:
         ("batch completion (s)", st["seconds"], me["seconds"], f"{r['completion_time']:.2f}x faster"),
         ("peak KV usage", f"{st['peak_kv_usage']:.0%}", f"{me['peak_kv_usage']:.0%}", ""),
         ("mean KV usage", f"{st['mean_kv_usage']:.0%}", f"{me['mean_kv_usage']:.0%}", ""),
-        ("KV tokens per running request", st["kv_tokens_per_running_request"],
-         me["kv_tokens_per_running_request"], f"{r['kv_per_running_request']:.2f}x less"),
+        (
+            "KV tokens per running request",
+            st["kv_tokens_per_running_request"],
+            me["kv_tokens_per_running_request"],
+            f"{r['kv_per_running_request']:.2f}x less",
+        ),
         ("max running requests", st["max_running"], me["max_running"], f"{r['max_running']:.2f}x"),
         ("mean running requests", st["mean_running"], me["mean_running"], f"{r['mean_running']:.2f}x"),
         ("preemptions", st["preemptions"], me["preemptions"], ""),
-    ]  # fmt: skip
+    ]
     import platform
 
     import vllm
@@ -299,8 +345,11 @@ def report(result: dict, command: str) -> list[str]:
     ]
     if me.get("memento"):
         m = me["memento"]
-        lines.insert(-1, f"Memento evicted {m['evicted_tokens']} tokens in {m['evictions']} evictions; the largest "
-                     f"request held at most {m['peak_kv_tokens_max']} tokens.\n")  # fmt: skip
+        lines.insert(
+            -1,
+            f"Memento evicted {m['evicted_tokens']} tokens in {m['evictions']} evictions; the largest "
+            f"request held at most {m['peak_kv_tokens_max']} tokens.\n",
+        )
     return lines
 
 
@@ -322,8 +371,13 @@ def write_report(sections: list[Section], out_dir: Path, command: str, title: st
         png = plot(s.result, out_dir / (f"throughput-{s.name}.png" if s.heading else "throughput.png")).name
         summaries[s.name] = {k: v for k, v in s.result.items() if k != "series"}
         series[s.name] = s.result["series"]
-        lines += [*([f"## {s.heading}", ""] if s.heading else []), *report(s.result, command), "",
-                  f"![KV usage over time]({png})", ""]  # fmt: skip
+        lines += [
+            *([f"## {s.heading}", ""] if s.heading else []),
+            *report(s.result, command),
+            "",
+            f"![KV usage over time]({png})",
+            "",
+        ]
     lone = len(sections) == 1 and sections[0].heading is None
     summary, samples = (summaries[sections[0].name], series[sections[0].name]) if lone else (summaries, series)
     (out_dir / "throughput.json").write_text(json.dumps(summary, indent=1) + "\n")

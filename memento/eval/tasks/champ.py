@@ -13,8 +13,11 @@ from functools import cache
 from memento.eval.check import Verdict, answer_section, last_boxed, same_math
 from memento.eval.tasks import MATH_INSTRUCTION, Problem, Task, register
 
-PHRASE = re.compile(r"^(.*?\S)\s+(?:is the only possible value|is the only value|is the only solution|values?|numbers?|"
-                    r"solutions?|ways?|integers?)\s*\.?$", re.I)  # fmt: skip
+PHRASE = re.compile(
+    r"^(.*?\S)\s+(?:is the only possible value|is the only value|is the only solution|values?|numbers?|"
+    r"solutions?|ways?|integers?)\s*\.?$",
+    re.I,
+)
 
 
 def alternatives(reference: str) -> list[str]:

@@ -36,8 +36,10 @@ class Gym(Task):
 
     def problems(self) -> list[Problem]:
         data = _dataset(self.generator)
-        return [Problem(f"{self.generator}/{i}", f"{e['question']}\n\n{INSTRUCTION}", str(e["answer"]), {"index": i})
-                for i, e in enumerate(data)]  # fmt: skip
+        return [
+            Problem(f"{self.generator}/{i}", f"{e['question']}\n\n{INSTRUCTION}", str(e["answer"]), {"index": i})
+            for i, e in enumerate(data)
+        ]
 
     def check(self, problem: Problem, completion: str) -> Verdict:
         data = _dataset(self.generator)

@@ -42,8 +42,15 @@ from memento.eval.tasks.source import HubSource, rows
 REPO = "livecodebench/code_generation_lite"
 RELEASE_V6 = ("test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl", "test5.jsonl", "test6.jsonl")
 V6_WINDOW = ("2025-02-01", "2025-05-01")
-FIELDS = ("question_id", "question_content", "starter_code", "contest_date", "public_test_cases",
-          "private_test_cases", "metadata")  # fmt: skip
+FIELDS = (
+    "question_id",
+    "question_content",
+    "starter_code",
+    "contest_date",
+    "public_test_cases",
+    "private_test_cases",
+    "metadata",
+)
 WINDOW = re.compile(r"(\d{4}-\d\d-\d\d)?\.\.(\d{4}-\d\d-\d\d)?")
 ANSWER = "Reason step by step, then give your final solution as one complete Python program in a ```python block."
 STDIN = "Write a Python program that reads the input from standard input and prints the answer to standard output."
@@ -97,9 +104,13 @@ def _problems(option: str) -> tuple[Problem, ...]:
         meta = row["metadata"] if isinstance(row["metadata"], dict) else json.loads(row["metadata"] or "{}")
         starter = (row["starter_code"] or "").strip()
         how = f"{STARTER}\n\n```python\n{starter}\n```" if starter else STDIN
-        data = {"public": decode_tests(row["public_test_cases"]), "private": row["private_test_cases"],
-                "func_name": meta.get("func_name"), "contest_date": str(row["contest_date"])[:10],
-                **{k: row.get(k) for k in ("question_title", "platform", "difficulty")}}  # fmt: skip
+        data = {
+            "public": decode_tests(row["public_test_cases"]),
+            "private": row["private_test_cases"],
+            "func_name": meta.get("func_name"),
+            "contest_date": str(row["contest_date"])[:10],
+            **{k: row.get(k) for k in ("question_title", "platform", "difficulty")},
+        }
         prompt = f"{str(row['question_content']).strip()}\n\n{how}\n\n{ANSWER}"
         found.append(Problem(f"lcb/{row['question_id']}", prompt, "all tests pass", data))
     return tuple(found)

@@ -23,10 +23,14 @@ SOURCE = HubSource("math500", "HuggingFaceH4/MATH-500", ("test.jsonl",), ("probl
 @cache
 def _problems(path: str) -> tuple[Problem, ...]:
     return tuple(
-        Problem(str(row["unique_id"]), f"{row['problem']}\n\n{MATH_INSTRUCTION}", str(row["answer"]).strip(),
-                {"subject": row.get("subject"), "level": row.get("level")})
+        Problem(
+            str(row["unique_id"]),
+            f"{row['problem']}\n\n{MATH_INSTRUCTION}",
+            str(row["answer"]).strip(),
+            {"subject": row.get("subject"), "level": row.get("level")},
+        )
         for row in rows(path, SOURCE)
-    )  # fmt: skip
+    )
 
 
 @register("math500")

@@ -95,20 +95,26 @@ def _download(hub: HubSource) -> list[Path]:
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
     page = f"https://huggingface.co/datasets/{hub.repo}"
-    local = (f"or pass a local file ({', '.join(SUFFIXES)}) whose rows have the fields {', '.join(hub.fields)} "
-             f"as `{hub.task}:/path/to/file.jsonl`")  # fmt: skip
+    local = (
+        f"or pass a local file ({', '.join(SUFFIXES)}) whose rows have the fields {', '.join(hub.fields)} "
+        f"as `{hub.task}:/path/to/file.jsonl`"
+    )
     try:
         folder = Path(snapshot_download(hub.repo, repo_type="dataset", allow_patterns=list(hub.files)))
     except LocalEntryNotFoundError as e:  # no connection (or offline mode) and nothing cached
         token = " (with a token: the repository is gated)" if hub.gated else ""
-        raise MementoError(f"task {hub.task}: no network access to the Hugging Face Hub (or HF_HUB_OFFLINE is set) "
-                           f"and no copy of {hub.repo} in the local cache; connect once{token} to download it, "
-                           f"{local}") from e  # fmt: skip
+        raise MementoError(
+            f"task {hub.task}: no network access to the Hugging Face Hub (or HF_HUB_OFFLINE is set) "
+            f"and no copy of {hub.repo} in the local cache; connect once{token} to download it, "
+            f"{local}"
+        ) from e
     except Exception as e:  # gated, not found, refused, a connection dropped mid-download...
         status = getattr(getattr(e, "response", None), "status_code", None)
         if hub.gated and (isinstance(e, RepositoryNotFoundError) or status in (401, 403)):  # GatedRepoError included
-            raise MementoError(f"task {hub.task}: {hub.repo} is gated: accept its terms at {page} while logged in, "
-                               f"then log in here (`hf auth login`) or set HF_TOKEN; {local}") from e  # fmt: skip
+            raise MementoError(
+                f"task {hub.task}: {hub.repo} is gated: accept its terms at {page} while logged in, "
+                f"then log in here (`hf auth login`) or set HF_TOKEN; {local}"
+            ) from e
         raise MementoError(f"task {hub.task}: could not download {hub.repo} from the Hub ({e}); {local}") from e
     files = []
     for pattern in hub.files:
