@@ -22,8 +22,15 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def test_version_and_help_on_every_command():
     assert run("--version").stdout.startswith("memento ")
-    for command in ("inspect", "kv", "demo", "probe", "data build", "train", "generate"):
+    for command in ("inspect", "kv", "demo", "probe", "data build", "train", "generate", "eval", "bench throughput"):
         assert "Usage: memento " + command in run(*command.split(), "--help").stdout
+
+
+def test_default_files_of_options_ship_with_the_package():
+    from memento.cli.bench import WORKED_EXAMPLE
+    from memento.core.rows import read_traces
+
+    assert read_traces(WORKED_EXAMPLE), "memento bench throughput's default --traces"
 
 
 def test_kv_on_paper_trace(tmp_path, shared_examples):

@@ -15,7 +15,7 @@ from memento.cli.app import app, err, out, user_errors
 bench_app = typer.Typer(no_args_is_help=True, help="Measure: serving throughput of vLLM + Memento against stock vLLM.")
 app.add_typer(bench_app, name="bench")
 
-WORKED_EXAMPLE = Path(__file__).resolve().parent / "examples" / "worked_example.json"
+WORKED_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "worked_example.json"
 
 
 @bench_app.command()
