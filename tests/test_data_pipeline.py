@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import RAW_TRACE
+from helpers import AIME_TRACE, RAW_TRACE
 
 from memento.core.chat import label_trace
 from memento.core.errors import MementoError
@@ -45,6 +45,39 @@ def test_offline_end_to_end_on_real_qwq_trace(tmp_path, qwen, shared_examples):
     assert "compression per trace" in report and (tmp_path / "histograms.png").exists()
     full = read_traces(tmp_path / "openmementos-full.parquet")[0]
     assert "".join(full.sentences).strip().startswith(trace.blocks[0].text[:50])
+
+
+def test_units_match_the_releases_splitter_on_a_real_trace(shared_examples):
+    """The release's splitter (data/pipeline/sentence_split.py in microsoft/memento) cuts this trace's reasoning into
+    602 units and merges them into 231 (counted once with an independent port of its rules, o200k tokens for its
+    5-token fragment rule). Ours, with the same rules in our own code plus code/math protection, must land within 10%
+    of both (qwen tokens here; the count barely depends on the tokenizer)."""
+    from memento.data.atomize import atomize
+    from memento.data.sources import iter_raw
+    from memento.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer("qwen", add_tokens=False)
+    [raw] = iter_raw(str(RAW_TRACE))
+    atoms = atomize(raw.reasoning, lambda texts: [len(i) for i in tokenizer(list(texts))["input_ids"]])
+    assert abs(atoms.raw_units - 602) <= 60 and abs(len(atoms.units) - 231) <= 23, (atoms.raw_units, len(atoms.units))
+
+
+def test_offline_blocks_are_paper_like_with_no_cap(tmp_path, qwen, shared_examples):
+    """No block cap (the paper has none): the real QwQ trace in 6-14 blocks of >= 200 tokens, the paper's AIME trace
+    (its blocks joined back into raw reasoning; the release cut it into 5) in 3-8, each memento 0.1-0.3 of its block."""
+    [paper] = read_traces(AIME_TRACE)
+    joined = "<think>\n" + "\n\n".join(b.text for b in paper.blocks) + "\n</think>\n\n" + paper.answer
+    aime = tmp_path / "aime.jsonl"
+    aime.write_text(json.dumps({"problem": paper.problem, "cot": joined}) + "\n")
+    for source, low, high in ((str(RAW_TRACE), 6, 14), (str(aime), 3, 8)):
+        out = tmp_path / Path(source).stem
+        build(source, out, Config())
+        [trace] = read_traces(out / "openmementos.jsonl")
+        assert low <= len(trace.blocks) <= high, (source, len(trace.blocks))
+        _, spans = label_trace(trace, qwen)
+        assert min(spans.count(Kind.BLOCK)) >= 200
+        per_block = json.loads((out / "stats.json").read_text())["compression_per_block"]
+        assert per_block["min"] >= 0.1 and per_block["max"] <= 0.3, per_block
 
 
 def test_resume_after_kill_9_is_byte_identical(tmp_path):

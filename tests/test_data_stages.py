@@ -50,15 +50,16 @@ def test_atomize_is_lossless(text):
 
 def test_protected_spans_are_never_split():
     text = (
-        "We compute it. $$x = 1. y = 2.$$ Then more. ```\ncode. more code.\n``` And (this. that.) stays. "
-        "Inline \\( a. b. \\) too. Pi is 3.14 here. Done."
+        "We compute it. $$x = 1. y = 2.$$ Then more. ```\ncode. more code.\n``` And (this. that.) stays! "
+        "Inline \\( a. b. \\) too? Pi is 3.14 here. Done."
     )
-    starts = split(text)
-    cuts = set(starts)
-    for span in ("$$x = 1. y = 2.$$", "```\ncode. more code.\n```", "(this. that.)", "\\( a. b. \\)", "3.14"):
-        a = text.index(span)
-        assert not any(a < c < a + len(span) for c in cuts), span
-    assert {text.index(w) for w in ("Inline", "Pi is", "Done")} <= cuts
+    for lines in (False, True):  # units (paragraphs cut at sentence ends), or every sentence (the compressor's)
+        cuts = set(split(text, lines))
+        for span in ("$$x = 1. y = 2.$$", "```\ncode. more code.\n```", "(this. that.)", "\\( a. b. \\)", "3.14"):
+            a = text.index(span)
+            assert not any(a < c < a + len(span) for c in cuts), span
+        assert {text.index(w) for w in ("Inline", "Pi is", *(["Done"] if lines else []))} <= cuts
+    assert text.index("Done") not in split(text), "a full stop between two words does not end a unit (the release)"
 
 
 def test_merge_rules():
@@ -69,8 +70,8 @@ def test_merge_rules():
     text = "We find that $x = 3$.\nTherefore, the value is three and we move on. Next we look at y again now."
     units = atomize(text, count, min_tokens=1).units
     assert units[0].startswith("We find") and "Therefore" in units[0]
-    listed = atomize("Steps follow here now.\n1. one thing here.\n2. two thing here.\n", count, min_tokens=1).units
-    assert listed[-1] == "1. one thing here.\n2. two thing here.\n"
+    listed = atomize("Steps follow here now.\n\n1. one thing here.\n\n2. two thing here.\n", count, min_tokens=1).units
+    assert listed[-1] == "1. one thing here.\n\n2. two thing here.\n"  # list items chain
     assert atomize("Hmm. Ok. This is a longer sentence with many words in it.", count).units == [
         "Hmm. Ok. This is a longer sentence with many words in it."
     ]
@@ -145,7 +146,7 @@ def test_atomize_edge_cases(text):
 
 def test_unclosed_fence_protects_its_line_only():
     text = "I'll write it as ```python later.\nThen we go on. Another sentence here.\n\nAnd one more."
-    assert len(split(text)) == 4  # the fence keeps only its own line whole
+    assert len(split(text, lines=True)) == 4  # the fence keeps only its own line whole
 
 
 def test_prompt_fills_only_template_slots():

@@ -43,7 +43,7 @@ def data_build(
     limit: Annotated[int | None, typer.Option(help="Process at most this many traces (of this shard).")] = None,
     rounds: Annotated[int, typer.Option(help="Judge -> revise rounds for mementos scoring below 8.")] = 2,
     min_block_tokens: Annotated[int, typer.Option(help="Smallest block.")] = 200,
-    max_block_tokens: Annotated[int, typer.Option(help="Largest block; 0 for no cap.")] = 1536,
+    max_block_tokens: Annotated[int, typer.Option(help="Largest block (opt-in; 0: no cap, as the paper).")] = 0,
     lam: Annotated[float, typer.Option("--lambda", help="Weight of the block-length CV in the objective.")] = 0.5,
 ):
     """Turn raw traces into OpenMementos rows (+ stats.json, report.md); resumable."""

@@ -1,9 +1,9 @@
 """Boundary scores 0-3 between consecutive units: 0 mid-thought, 1 weak, 2 good, 3 strong transition.
 
-`heuristic_scores` is the offline scorer: discourse markers that open a new line of thought ("Wait",
-"Alternatively", "Let me check"), paragraph breaks and the end of a computation. `apply_hard_rules` runs after any
-scorer (LLM or heuristic): never cut after ':' / '=' / '=>', nor before a Therefore/Thus/Hence/So that continues a
-derivation.
+`heuristic_scores` is the offline scorer: discourse markers that open a new line of thought ("Alternatively",
+"Let me check", "Wait, let me verify") or shift within one ("Wait", "Now"), and the end of a computation.
+`apply_hard_rules` runs after any scorer (LLM or heuristic): never cut after ':' / '=' / '=>', nor before a
+Therefore/Thus/Hence/So that continues a derivation.
 """
 
 from __future__ import annotations
@@ -14,18 +14,19 @@ import re
 
 from memento.data.atomize import CONTINUATION, ENDS_WITH_MATH
 
-STRONG = re.compile(
-    r"\s*(?:\**)(?:wait|alternatively|but wait|hmm+|hold on|on second thought|another (?:approach|way|idea|method)"
-    r"|let me (?:check|verify|double[- ]check|re-?check|re-?examine|re-?think|think again|try|recap|summarize"
-    r"|reconsider|go back|confirm)|let's (?:check|verify|try|recap|confirm|consider)"
-    r"|to (?:summarize|recap|verify|check)"
-    r"|in summary|so,? the (?:final )?answer|final answer|therefore,? the (?:final )?answer|okay,? so|ok,? so"
-    r"|now,? (?:let|we|i)|next,|actually,|maybe (?:i|we) (?:should|can))\b",
+NEW_LINE_OF_THOUGHT = re.compile(
+    r"\s*(?:\**)(?:(?:but )?wait,?\s*|hmm+,?\s*|okay,?\s*|so,?\s*)?"
+    r"(?:alternatively|another (?:approach|way|idea|method)|on second thought|let me (?:check|verify"
+    r"|double[- ]check|re-?check|re-?examine|re-?think|think again|try (?:another|a different)|recap|summarize"
+    r"|reconsider|go back|confirm)|let's (?:check|verify|recap|confirm|try (?:another|a different))"
+    r"|to (?:summarize|recap|verify|check)|in summary|so,? the (?:final )?answer|final answer"
+    r"|therefore,? the (?:final )?answer|maybe (?:i|we) (?:should|can) (?:try|use))\b",
     re.IGNORECASE,
 )
-MEDIUM = re.compile(
-    r"\s*(?:\**)(?:now|next|first|second|third|finally|also|then,|so now|moving on|let me|let's|alright|okay|ok|"
-    r"step \d|case \d|similarly|on the other hand)\b",
+SHIFT = re.compile(
+    r"\s*(?:\**)(?:wait|but wait|hmm+|hold on|actually,|okay,? so|ok,? so|now,? (?:let|we|i)|next,|now|next|first"
+    r"|second|third|finally|also|then,|so now|moving on|let me|let's|alright|okay|ok|step \d|case \d|similarly"
+    r"|on the other hand)\b",
     re.IGNORECASE,
 )
 RESULT = re.compile(r"(?:=\s*-?[\d.,/\\{}a-z^ ]{1,20}|\\boxed\{.*\}|(?:answer|result) is [^.]{1,40})\s*[.!]?\s*$", re.I)
@@ -33,17 +34,12 @@ NO_CUT_AFTER = re.compile(r"(?::|=|=>|\\implies|\\Rightarrow|→)\s*$")
 
 
 def heuristic_scores(units: list[str]) -> list[float]:
-    """(n - 1,) scores for the boundaries between consecutive units, from surface cues only."""
+    """(n - 1,) scores for the boundaries between consecutive units, from surface cues only: 2 for a unit that opens
+    a new line of thought (another approach, a check, a recap, the answer), 1 for a lesser shift ("Wait", "Now",
+    "Let me"), one more after a finished computation."""
     scores = []
     for cur, nxt in itertools.pairwise(units):
-        tail = cur[len(cur.rstrip()) :]
-        points = 0
-        if STRONG.match(nxt):
-            points += 2
-        elif MEDIUM.match(nxt):
-            points += 1
-        if "\n\n" in tail:
-            points += 1
+        points = 2 if NEW_LINE_OF_THOUGHT.match(nxt) else 1 if SHIFT.match(nxt) else 0
         if RESULT.search(cur.rstrip()):
             points += 1
         scores.append(float(min(points, 3)))

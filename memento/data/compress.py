@@ -39,7 +39,7 @@ class Compressor(ABC):
 
 
 def sentences(text: str) -> list[str]:
-    starts = split(text)
+    starts = split(text, lines=True)
     return [text[a:b].strip() for a, b in zip(starts, [*starts[1:], len(text)], strict=True) if text[a:b].strip()]
 
 

@@ -7,9 +7,8 @@ Design choices:
   resumed run's output is byte-identical to an uninterrupted one, whatever the number of workers.
 - The resolved configuration is saved as `DIR/config.json`; resuming with different settings is refused.
 - `shard=(i, N)` keeps the traces whose input position is i mod N, so N machines can split one input.
-- Default block size cap (`max_block_tokens`=1536): the objective rewards the mean cut score, so with many
-  top-scored boundaries it prefers a few huge, balanced blocks; a cap near 1.3x the paper's average block (~1,150
-  tokens) gives paper-like blocks. Set it to None for no cap.
+- Segmentation as in the paper: (sum of cut scores) / blocks - 0.5 x CV of block lengths, blocks of >= 200 tokens
+  and no maximum (`memento.data.segment`); `max_block_tokens` is an opt-in cap.
 """
 
 from __future__ import annotations
@@ -55,7 +54,7 @@ class Config:
     price_out: float = 0.0
     tokenizer: str = "qwen"
     min_block_tokens: int = 200
-    max_block_tokens: int | None = 1536
+    max_block_tokens: int | None = None  # opt-in; the paper has none
     hf_max_new_tokens: int = 512  # hf: cap on every reply
     lam: float = 0.5
     rounds: int = 2  # judge -> revise rounds

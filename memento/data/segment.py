@@ -1,15 +1,20 @@
-"""Exact segmentation: choose the cuts that maximise mean(cut scores) - lambda * CV(block token lengths).
+"""Exact segmentation: choose the cuts that maximise (sum of cut scores) / blocks - lambda * CV(block token lengths).
+
+This is the paper's objective (Sec. 3; the release's `segment.py`): with K blocks the K - 1 cut scores are summed
+and divided by K, the number of *blocks* (the first block adds no score), and CV is the population standard
+deviation of the blocks' token lengths over their mean; one block scores 0. Dividing by K rather than K - 1 makes
+more, well-placed cuts pay: the mean cut score alone is almost always best with 2 blocks.
 
 The objective is not additive over blocks, so a DP that keeps one best state per (position, blocks) cell is only
-approximate (the official release does that). It becomes exact once the state carries what the objective needs:
-with k blocks of total length T, the mean length is T/k, so
+approximate (the release does that). It becomes exact once the state carries what the objective needs: with k blocks
+of total length T, the mean length is T/k, so
 
-    J = S / (k - 1) - lambda * sqrt(k * Q / T^2 - 1)        S = sum of cut scores, Q = sum of squared lengths
+    J = S / k - lambda * sqrt(k * Q / T^2 - 1)        S = sum of cut scores, Q = sum of squared lengths
 
 and for fixed k and S the best segmentation is the one with the least Q. Scores are small multiples of
 1/`resolution` (0-3 in halves when two scoring passes are averaged), so S takes few values and the DP over
-(k, end unit, S) -> min Q, with exact integer Q, finds the optimum. The inner loop runs in numba: ~0.03 s for 200
-units and ~0.3 s for 400 units of ~58 tokens (benchmarks/segmentation.py).
+(k, end unit, S) -> min Q, with exact integer Q, finds the optimum. The inner loop runs in numba
+(benchmarks/segmentation.py has the times).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ def objective(lengths, scores, cuts, lam: float = 0.5) -> float:
         return 0.0
     edges = [0, *(b + 1 for b in cuts), len(lengths)]
     blocks = np.array([lengths[a:b].sum() for a, b in itertools.pairwise(edges)])
-    return float(np.mean([scores[b] for b in cuts]) - lam * blocks.std() / blocks.mean())
+    return float(sum(scores[b] for b in cuts) / len(blocks) - lam * blocks.std() / blocks.mean())
 
 
 def _layer_kernel():
@@ -116,8 +121,10 @@ def segment(
     ok = (c >= min_tokens) & ((c <= max_t) | (np.arange(n + 1) == 1))
     q[ok, 0] = c[ok] ** 2
     parents = []
-    # No k can beat `best` once the mean of the k - 1 highest scores (a bound on S / (k - 1)) does not.
-    bound = np.cumsum(np.sort(scaled)[::-1]) / resolution / np.arange(1, n)
+    # k blocks score at most (sum of the k - 1 highest scores) / k; no k' >= k can beat `best` once the largest
+    # such bound over k' >= k does not.
+    reach = np.cumsum(np.sort(scaled)[::-1])[: max(k_max - 1, 0)] / resolution / np.arange(2, k_max + 1)
+    bound = np.maximum.accumulate(reach[::-1])[::-1]
     for k in range(2, k_max + 1):
         if best is not None and bound[k - 2] <= best.objective + 1e-12:
             break
@@ -127,7 +134,7 @@ def segment(
         _LAYER(q_prev, c, sc, min_tokens, max_t, q, parent)
         parents.append(parent)
         for s in np.flatnonzero(q[n] < INF):
-            value = s / resolution / (k - 1) - lam * math.sqrt(max(k * float(q[n, s]) / total**2 - 1, 0.0))
+            value = s / resolution / k - lam * math.sqrt(max(k * float(q[n, s]) / total**2 - 1, 0.0))
             if best is None or value > best.objective + 1e-12:
                 best = _backtrack(parents, sc, n, int(s), value)
         if not (q < INF).any():
