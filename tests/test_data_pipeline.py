@@ -80,6 +80,30 @@ def test_offline_blocks_are_paper_like_with_no_cap(tmp_path, qwen, shared_exampl
         assert per_block["min"] >= 0.1 and per_block["max"] <= 0.3, per_block
 
 
+def test_seed_filters_and_the_full_rows_extras(tmp_path, shared_examples):
+    """The release's seed filters drop (and count) traces without </think>, with CJK text or too long; full rows keep
+    the boundary scores and every judge verdict (memento, score, feedback) per block; default rows stay lean."""
+    [raw] = [json.loads(line) for line in RAW_TRACE.read_text().splitlines() if line.strip()]
+    think = "<think>\nLet me think about it. The value is 4, so we are done here now.\n</think>\n\n\\boxed{4}"
+    rows = [raw, {"problem": "p", "cot": "no tags at all"}, {"problem": "p", "cot": think.replace("value", "\u503c")}]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stats = build(str(source), tmp_path / "out", Config())
+    assert stats["succeeded"] == 1 and stats["failed"] == 0 and stats["dropped"] == 2
+    assert stats["dropped_by_reason"] == {"CJK text": 1, "no </think>": 1}
+    assert "left out by the seed filters" in (tmp_path / "out" / "report.md").read_text()
+    full = json.loads((tmp_path / "out" / "openmementos-full.jsonl").read_text())
+    assert len(full["boundary_scores"]) == len(full["sentences"]) - 1
+    assert len(full["judge_rounds"]) == len(full["blocks"])
+    assert all(r and {"memento", "score", "feedback"} <= set(r[0]) for r in full["judge_rounds"])
+    for memento, verdicts in zip(full["block_summaries"], full["judge_rounds"], strict=True):  # the best one is kept
+        assert memento in [v["memento"] for v in verdicts if v["score"] == max(x["score"] for x in verdicts)]
+    lean = json.loads((tmp_path / "out" / "openmementos.jsonl").read_text())
+    assert "boundary_scores" not in lean and "judge_rounds" not in lean
+    short = build(str(source), tmp_path / "short", Config(max_trace_tokens=1000))
+    assert short["dropped_by_reason"]["over 1000 tokens"] == 1 and short["succeeded"] == 0
+
+
 def test_resume_after_kill_9_is_byte_identical(tmp_path):
     args = ["data", "build", "champ", "--limit", "100", "--workers", "2"]
     whole = tmp_path / "whole"

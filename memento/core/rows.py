@@ -21,6 +21,7 @@ from memento.core.format import Block, Trace, parse, recover, render
 
 DEFAULT_FIELDS = ("problem", "response", "domain", "source", "difficulty")
 FULL_FIELDS = ("sentences", "blocks", "block_summaries")
+FULL_EXTRAS = ("boundary_scores", "judge_rounds")  # from `memento data build`: in `full` rows only, when known
 
 
 def read_traces(path: str | Path, lenient: bool = False) -> list[Trace]:
@@ -131,7 +132,7 @@ def row_from_trace(trace: Trace, config: str = "default") -> dict:
         raise MementoError(f"unknown OpenMementos config '{config}': use default or full")
     row = {"problem": trace.problem, "response": render(trace)}
     row |= {k: trace.metadata.get(k) for k in DEFAULT_FIELDS[2:]}
-    row |= {k: v for k, v in trace.metadata.items() if k not in row}
+    row |= {k: v for k, v in trace.metadata.items() if k not in row and k not in FULL_EXTRAS}
     if config == "full":
         if trace.sentences is None:  # no sentence split known: one sentence per block
             sentences, ranges = [b.text for b in trace.blocks], [(i, i) for i in range(len(trace.blocks))]
@@ -142,6 +143,7 @@ def row_from_trace(trace: Trace, config: str = "default") -> dict:
             "blocks": [list(r) for r in ranges],
             "block_summaries": [b.memento for b in trace.blocks],
         }
+        row |= {k: trace.metadata[k] for k in FULL_EXTRAS if k in trace.metadata}
     return row
 
 

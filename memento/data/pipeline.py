@@ -32,7 +32,7 @@ from memento.data.judge import PASS, LLMJudge, RuleJudge
 from memento.data.llm import CachedBackend, HFBackend, LLMUnavailable, OpenAIBackend, Usage, current_usage
 from memento.data.report import write_report
 from memento.data.segment import segment
-from memento.data.sources import RawTrace, iter_raw
+from memento.data.sources import RawTrace, iter_raw, seed_filter
 
 log = logging.getLogger(__name__)
 JOURNAL = "journal.jsonl"
@@ -55,6 +55,7 @@ class Config:
     tokenizer: str = "qwen"
     min_block_tokens: int = 200
     max_block_tokens: int | None = None  # opt-in; the paper has none
+    max_trace_tokens: int | None = 20_000  # seed filter: longer reasoning is dropped (None: keep all)
     hf_max_new_tokens: int = 512  # hf: cap on every reply
     lam: float = 0.5
     rounds: int = 2  # judge -> revise rounds
@@ -140,6 +141,7 @@ class Stages:
                     mementos[i] = self.fallback.compress(raw.problem, [blocks[i]])[0] or blocks[i][:200]
         verdicts = [self.judge.judge(raw.problem, b, m) for b, m in zip(blocks, mementos, strict=True)]
         rounds = [[v.score for v in verdicts]]
+        judged = [[_judged(m, v)] for m, v in zip(mementos, verdicts, strict=True)]  # every verdict, per block
         for _ in range(cfg.rounds):
             failing = [i for i, v in enumerate(verdicts) if v.score < PASS]
             if not failing:
@@ -150,12 +152,13 @@ class Stages:
                 )
                 if revised:
                     verdict = self.judge.judge(raw.problem, blocks[i], revised)
+                    judged[i].append(_judged(revised, verdict))
                     if verdict.score >= verdicts[i].score:
                         mementos[i], verdicts[i] = revised, verdict
             rounds.append([v.score for v in verdicts])
         block_tokens = [int(sum(lengths[a:b])) for a, b in seg.blocks]
         memento_tokens = self.count(mementos)
-        metadata = {**raw.metadata, "id": raw.id}
+        metadata = {**raw.metadata, "id": raw.id, "boundary_scores": [float(s) for s in scores], "judge_rounds": judged}
         trace = Trace(
             raw.problem,
             [Block(b, m) for b, m in zip(blocks, mementos, strict=True)],
@@ -172,6 +175,15 @@ class Stages:
             "judge_rounds": rounds,
         }
         return trace, stats
+
+
+def _judged(memento: str, verdict) -> dict:
+    """One verdict as kept in `full` rows: the memento judged, its score and the judge's feedback."""
+    return {"memento": memento, "score": float(verdict.score), "feedback": verdict.feedback}
+
+
+class Dropped(Exception):
+    """A trace the seed filters leave out (journaled with the reason, counted in stats.json)."""
 
 
 def build(
@@ -203,6 +215,9 @@ def build(
         usage = Usage()
         token = current_usage.set(usage)
         try:
+            dropped = seed_filter(raw, stages.count, config.max_trace_tokens)
+            if dropped:
+                raise Dropped(dropped)
             trace, stats = stages.run(raw)
             record = {
                 "index": k,
@@ -215,6 +230,8 @@ def build(
             with lock:
                 unfinished.append(raw.id)
             return
+        except Dropped as e:
+            record = {"index": k, "id": raw.id, "dropped": str(e)}
         except MementoError as e:
             log.warning("trace %s failed: %s", raw.id, e)
             record = {"index": k, "id": raw.id, "error": {"kind": type(e).__name__, "message": str(e)}}

@@ -28,6 +28,7 @@ def _describe(values) -> dict:
 def aggregate(records: list[dict]) -> dict:
     ok = [r["stats"] for r in records if "stats" in r]
     failures = Counter(r["error"]["kind"] for r in records if "error" in r)
+    dropped = Counter(r["dropped"] for r in records if "dropped" in r)
     for s in ok:
         failures.update(s.get("failures", {}))
     per_block = [m / b for s in ok for b, m in zip(s["block_tokens"], s["memento_tokens"], strict=True) if b]
@@ -42,8 +43,10 @@ def aggregate(records: list[dict]) -> dict:
     return {
         "traces": len(records),
         "succeeded": len(ok),
-        "failed": len(records) - len(ok),
+        "failed": sum(1 for r in records if "error" in r),
         "failures_by_kind": dict(sorted(failures.items())),
+        "dropped": sum(dropped.values()),  # by the seed filters (the release's): no </think>, CJK text, too long
+        "dropped_by_reason": dict(sorted(dropped.items())),
         "units_raw_per_trace": _describe([s["units_raw"] for s in ok]),
         "units_per_trace": _describe([s["units"] for s in ok]),
         "boundaries_raw_per_trace": _describe([s["units_raw"] - 1 for s in ok]),
@@ -72,6 +75,11 @@ def write_report(out: Path, records: list[dict], config) -> dict:
         "",
         f"{stats['succeeded']} of {stats['traces']} traces built ({stats['failed']} failed"
         + (f": {stats['failures_by_kind']}" if stats["failures_by_kind"] else "")
+        + (
+            f"; {stats['dropped']} left out by the seed filters: {stats['dropped_by_reason']}"
+            if stats["dropped"]
+            else ""
+        )
         + f"), backend `{config.backend}`, tokens counted with `{config.tokenizer}`.",
         "",
         "| measure | mean | median | min | max |",

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -26,6 +27,7 @@ class RawTrace(NamedTuple):
     reasoning: str  # the chain of thought, without <think> tags
     answer: str
     metadata: dict
+    text: str = ""  # the raw response the reasoning came from (empty: built, not read; no seed filter applies)
 
 
 def split_think(text: str) -> tuple[str, str]:
@@ -56,7 +58,24 @@ def iter_raw(spec: str) -> Iterator[RawTrace]:
             raise MementoError(f"{where}: missing field 'cot' or 'response' (the raw chain of thought)")
         reasoning, answer = split_think(text)
         rid = str(row.get("task_id") or row.get("id") or f"{Path(spec).stem}-{n}")
-        yield RawTrace(rid, row["problem"], reasoning, answer, {k: row[k] for k in KEEP if k in row})
+        yield RawTrace(rid, row["problem"], reasoning, answer, {k: row[k] for k in KEEP if k in row}, text)
+
+
+CJK = re.compile("[\u4e00-\u9fff]")
+
+
+def seed_filter(raw: RawTrace, count_tokens, max_tokens: int | None) -> str | None:
+    """Why the release's seed step would drop this trace (None: keep it): a response without `</think>`, with CJK
+    ideographs, or with more than `max_tokens` tokens of reasoning."""
+    if not raw.text:
+        return None
+    if "</think>" not in raw.text:
+        return "no </think>"
+    if CJK.search(raw.text):
+        return "CJK text"
+    if max_tokens is not None and count_tokens([raw.reasoning])[0] > max_tokens:
+        return f"over {max_tokens} tokens"
+    return None
 
 
 def _hf(name: str) -> Iterator[tuple[int, object]]:
