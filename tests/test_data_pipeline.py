@@ -90,6 +90,7 @@ def test_seed_filters_and_the_full_rows_extras(tmp_path, shared_examples):
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     stats = build(str(source), tmp_path / "out", Config())
     assert stats["succeeded"] == 1 and stats["failed"] == 0 and stats["dropped"] == 2
+    assert stats["token_counter"] == "cl100k_base"  # the release's counter, by default
     assert stats["dropped_by_reason"] == {"CJK text": 1, "no </think>": 1}
     assert "left out by the seed filters" in (tmp_path / "out" / "report.md").read_text()
     full = json.loads((tmp_path / "out" / "openmementos-full.jsonl").read_text())

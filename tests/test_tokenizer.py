@@ -105,3 +105,14 @@ def test_cached_smollm2_is_the_real_pretrained_model(smollm2_dir):
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(ids["input_ids"], max_new_tokens=10, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1] :])
+
+
+def test_the_releases_block_size_counter_is_cl100k_offline():
+    from memento.tokenizer import token_counter
+
+    count, name = token_counter("cl100k")
+    assert name == "cl100k_base"
+    # cl100k_base splits these as OpenAI's tokenizer does: "hello", " world"; 'tiktoken' is "t", "ik", "token"
+    assert count(["hello world", "tiktoken", ""]) == [2, 3, 0]
+    qwen, qwen_name = token_counter("qwen")
+    assert qwen_name == "qwen" and qwen(["hello world"]) == [2]

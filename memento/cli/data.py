@@ -37,7 +37,14 @@ def data_build(
     timeout: Annotated[float, typer.Option(help="openai: seconds per request before a retry.")] = 120.0,
     price_in: Annotated[float, typer.Option(help="Cost per million prompt tokens, for stats.")] = 0.0,
     price_out: Annotated[float, typer.Option(help="Cost per million completion tokens, for stats.")] = 0.0,
-    tokenizer: Annotated[str, typer.Option(help="Token counter: qwen, smollm2 or a model folder.")] = "qwen",
+    tokenizer: Annotated[
+        str,
+        typer.Option(
+            "--count-tokens",
+            "--tokenizer",
+            help="Token counter for block sizes: cl100k (the release's), qwen, smollm2 or a model folder.",
+        ),
+    ] = "cl100k",
     workers: Annotated[int, typer.Option(help="Traces processed concurrently.")] = 1,
     shard: Annotated[str, typer.Option(help="i/N: process every N-th trace starting at i.")] = "0/1",
     limit: Annotated[int | None, typer.Option(help="Process at most this many traces (of this shard).")] = None,

@@ -52,7 +52,7 @@ class Config:
     concurrency: int = 16  # simultaneous requests at most
     price_in: float = 0.0  # per million prompt tokens, for the cost in stats
     price_out: float = 0.0
-    tokenizer: str = "qwen"
+    tokenizer: str = "cl100k"  # block sizes counted as the release does; qwen, smollm2 or a model folder also work
     min_block_tokens: int = 200
     max_block_tokens: int | None = None  # opt-in; the paper has none
     max_trace_tokens: int | None = 20_000  # seed filter: longer reasoning is dropped (None: keep all)
@@ -94,11 +94,10 @@ class Stages:
     """The stage implementations of one backend, sharing one tokenizer."""
 
     def __init__(self, config: Config, out: Path):
-        from memento.tokenizer import load_tokenizer
+        from memento.tokenizer import token_counter
 
         self.config = config
-        tokenizer = load_tokenizer(config.tokenizer, add_tokens=False)
-        self.count = lambda texts: [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        self.count, self.counted_with = token_counter(config.tokenizer)
         self.fallback = ExtractiveCompressor(self.count)
         if config.backend == "offline":
             self.scorer = None
@@ -255,7 +254,7 @@ def build(
     finally:
         os.close(fd)
     records = sorted(_read_journal(journal), key=lambda r: r["index"])
-    stats = _finalize(out, records, config)
+    stats = _finalize(out, records, config, stages.counted_with)
     if unfinished:
         log.warning("%d traces not finished (the LLM endpoint failed); re-run to retry them", len(unfinished))
     return stats | {"unfinished": len(unfinished)}
@@ -293,10 +292,10 @@ def _read_journal(path: Path) -> list[dict]:
     return records
 
 
-def _finalize(out: Path, records: list[dict], config: Config) -> dict:
+def _finalize(out: Path, records: list[dict], config: Config, counted_with: str) -> dict:
     ok = [r for r in records if "row" in r]
     traces = [trace_from_row(r["row"], f"{out / JOURNAL}: trace {r['id']}") for r in ok]
     for name, cfg in (("openmementos", "default"), ("openmementos-full", "full")):
         write_rows(traces, out / f"{name}.jsonl", cfg)
         write_rows(traces, out / f"{name}.parquet", cfg)
-    return write_report(out, records, config)
+    return write_report(out, records, config, counted_with)

@@ -65,8 +65,8 @@ def aggregate(records: list[dict]) -> dict:
     }
 
 
-def write_report(out: Path, records: list[dict], config) -> dict:
-    stats = aggregate(records)
+def write_report(out: Path, records: list[dict], config, counted_with: str) -> dict:
+    stats = aggregate(records) | {"token_counter": counted_with}
     (out / "stats.json").write_text(json.dumps({"config": config.identity(), **stats}, indent=1) + "\n")
     ok = [r["stats"] for r in records if "stats" in r]
     plots = _plots(out, ok)
@@ -80,7 +80,7 @@ def write_report(out: Path, records: list[dict], config) -> dict:
             if stats["dropped"]
             else ""
         )
-        + f"), backend `{config.backend}`, tokens counted with `{config.tokenizer}`.",
+        + f"), backend `{config.backend}`, tokens counted with `{counted_with}`.",
         "",
         "| measure | mean | median | min | max |",
         "|---|---|---|---|---|",
