@@ -172,3 +172,21 @@ def test_two_pass_scoring_averages_windows_of_16_and_11():
     assert len(two) == len(one) == 39 and all(s * 2 == int(s * 2) for s in two)
     assert two == [(a + b) / 2 for a, b in zip(one, eleven, strict=True)]
     assert len(set(one)) > 1
+
+
+def test_requests_are_safe_for_reasoning_models():
+    """max_completion_tokens (reasoning counts against it; the release's 16,000), no temperature unless set,
+    reasoning_effort only when given."""
+    hello = [{"role": "user", "content": "hi"}]
+    with FakeLLM() as llm:
+        OpenAIBackend(llm.url, "fake").complete(hello, max_tokens=256)
+        assert llm.last == {"model": "fake", "max_completion_tokens": 16_000}
+        OpenAIBackend(llm.url, "fake", temperature=0.6, reasoning_effort="high", max_completion_tokens=None).complete(
+            hello, max_tokens=256
+        )
+        assert llm.last == {
+            "model": "fake",
+            "max_completion_tokens": 256,
+            "temperature": 0.6,
+            "reasoning_effort": "high",
+        }

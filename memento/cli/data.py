@@ -34,6 +34,15 @@ def data_build(
         str | None, typer.Option(help="openai: model name (key from $OPENAI_API_KEY); hf: a folder or smollm2.")
     ] = None,
     two_pass: Annotated[bool, typer.Option(help="openai: score boundaries twice (windows 16, 11).")] = False,
+    temperature: Annotated[
+        float | None, typer.Option(help="openai: sampling temperature (default: not sent; reasoning models refuse it).")
+    ] = None,
+    reasoning_effort: Annotated[
+        str | None, typer.Option(help="openai: reasoning effort (low, medium, high), passed through when given.")
+    ] = None,
+    max_completion_tokens: Annotated[
+        int, typer.Option(help="openai: tokens per reply, reasoning included (0: the stage's own small budget).")
+    ] = 16_000,
     timeout: Annotated[float, typer.Option(help="openai: seconds per request before a retry.")] = 120.0,
     price_in: Annotated[float, typer.Option(help="Cost per million prompt tokens, for stats.")] = 0.0,
     price_out: Annotated[float, typer.Option(help="Cost per million completion tokens, for stats.")] = 0.0,
@@ -61,6 +70,9 @@ def data_build(
         base_url=base_url,
         model=model,
         two_pass=two_pass,
+        temperature=temperature,
+        reasoning_effort=reasoning_effort,
+        max_completion_tokens=max_completion_tokens or None,
         timeout=timeout,
         price_in=price_in,
         price_out=price_out,

@@ -74,6 +74,7 @@ class FakeLLM:
         self.latency, self.slow_seconds = latency, slow_seconds
         self.faults: deque[str] = deque()
         self.requests: Counter[str] = Counter()
+        self.last: dict = {}  # the last well-formed request body, less its messages
         self.lock = threading.Lock()
         server = self
 
@@ -102,6 +103,7 @@ class FakeLLM:
                 try:
                     request = json.loads(body)
                     prompt = request["messages"][-1]["content"]
+                    server.last = {k: v for k, v in request.items() if k != "messages"}
                 except (ValueError, KeyError, IndexError, TypeError):
                     return self._send(400, b'{"error": "malformed request"}')
                 text = answer(prompt, fault)

@@ -89,7 +89,13 @@ class OpenAIBackend(LLMBackend):
         concurrency: int = 16,
         price_in: float = 0.0,
         price_out: float = 0.0,
+        temperature: float | None = None,
+        reasoning_effort: str | None = None,
+        max_completion_tokens: int | None = 16_000,
     ):
+        """Reasoning-model-safe requests: `max_completion_tokens` (reasoning counts against it: the release gives
+        16,000 to every call; None sends the stage's own budget), a temperature only when one is set, and
+        `reasoning_effort` only when given."""
         import httpx
 
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -100,11 +106,14 @@ class OpenAIBackend(LLMBackend):
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.slots = threading.Semaphore(concurrency)
         self.price_in, self.price_out = price_in / 1e6, price_out / 1e6  # prices per million tokens
+        self.options = {"temperature": temperature, "reasoning_effort": reasoning_effort}
+        self.budget = max_completion_tokens
 
     def complete(self, messages, max_tokens=1024, attempt=0):
         import httpx
 
-        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0}
+        body = {"model": self.model, "messages": messages, "max_completion_tokens": self.budget or max_tokens}
+        body |= {k: v for k, v in self.options.items() if v is not None}
         usage = trace_usage()
         problem = ""
         for retry in range(self.max_retries + 1):

@@ -47,6 +47,9 @@ class Config:
     backend: str = "offline"
     base_url: str | None = None  # openai: the endpoint, e.g. http://127.0.0.1:8000/v1
     model: str | None = None  # openai: the model name sent with each request
+    temperature: float | None = None  # openai: sent only when set (reasoning models refuse it)
+    reasoning_effort: str | None = None  # openai: low | medium | high, sent only when set
+    max_completion_tokens: int | None = 16_000  # openai: per call, reasoning included (the release's)
     two_pass: bool = False  # LLM boundary scoring twice (windows 16 and 11), averaged
     timeout: float = 120.0
     concurrency: int = 16  # simultaneous requests at most
@@ -113,6 +116,9 @@ class Stages:
                     concurrency=config.concurrency,
                     price_in=config.price_in,
                     price_out=config.price_out,
+                    temperature=config.temperature,
+                    reasoning_effort=config.reasoning_effort,
+                    max_completion_tokens=config.max_completion_tokens,
                 )
             backend = CachedBackend(backend, out / "llm_cache.sqlite")
             self.scorer = LLMScorer(backend, two_pass=config.two_pass)
