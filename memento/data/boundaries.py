@@ -63,39 +63,51 @@ class LLMScorer:
     windows of 11 (other window edges) and averages, giving scores in halves.
     """
 
-    def __init__(self, backend, window: int = 16, two_pass: bool = False, context: int = 2, retries: int = 5):
+    def __init__(
+        self,
+        backend,
+        window: int = 16,
+        two_pass: bool = False,
+        context: int = 2,
+        retries: int = 5,
+        parallel: bool = False,
+    ):
         self.backend, self.window, self.two_pass = backend, window, two_pass
-        self.context, self.retries = context, retries
+        self.context, self.retries, self.parallel = context, retries, parallel
 
     def score(self, problem: str, units: list[str]) -> list[float]:
-        passes = [self._pass(problem, units, self.window)]
-        if self.two_pass:
-            passes.append(self._pass(problem, units, 11))
+        """Every window of every pass at once when `parallel` (they are independent), else one after another."""
+        from memento.data.llm import fan_out
+
+        windows = [(w, first) for w in (self.window, 11)[: 1 + self.two_pass] for first in range(0, len(units) - 1, w)]
+        scored = fan_out(lambda wf: self._window(problem, units, *wf), windows, self.parallel)
+        passes = [
+            [s for (w, _), part in zip(windows, scored, strict=True) if w == size for s in part]
+            for size in (self.window, 11)[: 1 + self.two_pass]
+        ]
         averaged = [sum(p[b] for p in passes) / len(passes) for b in range(len(units) - 1)]
         return apply_hard_rules(units, averaged)
 
-    def _pass(self, problem: str, units: list[str], window: int) -> list[float]:
+    def _window(self, problem: str, units: list[str], window: int, first: int) -> list[float]:
+        """Scores of the boundaries first .. first + window - 1."""
         from memento.data.llm import ask, prompt, trace_usage
 
-        scores: list[float] = []
-        for first in range(0, len(units) - 1, window):
-            bounds = list(range(first, min(first + window, len(units) - 1)))
-            lo, hi = max(0, first - self.context), min(len(units), bounds[-1] + 2 + self.context)
-            shown = "\n".join(f"[{k + 1}] {' '.join(units[k].split())}" for k in range(lo, hi))
-            text = prompt(
-                "score_boundaries",
-                problem=problem,
-                units=shown,
-                count=len(bounds),
-                boundaries=", ".join(str(b + 1) for b in bounds),
-            )
-            parse = functools.partial(parse_scores, count=len(bounds))
-            value, reply = ask(self.backend, text, parse, self.retries, 256)
-            if value is None:
-                trace_usage().repairs += 1
-                value = repair_scores(reply, len(bounds))
-            scores += value
-        return scores
+        bounds = list(range(first, min(first + window, len(units) - 1)))
+        lo, hi = max(0, first - self.context), min(len(units), bounds[-1] + 2 + self.context)
+        shown = "\n".join(f"[{k + 1}] {' '.join(units[k].split())}" for k in range(lo, hi))
+        text = prompt(
+            "score_boundaries",
+            problem=problem,
+            units=shown,
+            count=len(bounds),
+            boundaries=", ".join(str(b + 1) for b in bounds),
+        )
+        parse = functools.partial(parse_scores, count=len(bounds))
+        value, reply = ask(self.backend, text, parse, self.retries, 256)
+        if value is None:
+            trace_usage().repairs += 1
+            value = repair_scores(reply, len(bounds))
+        return value
 
 
 def parse_scores(reply: str, count: int) -> list[float]:

@@ -75,6 +75,7 @@ class FakeLLM:
         self.faults: deque[str] = deque()
         self.requests: Counter[str] = Counter()
         self.last: dict = {}  # the last well-formed request body, less its messages
+        self.span: list[float] = []  # perf_counter() of the first request's arrival and of the last reply
         self.lock = threading.Lock()
         server = self
 
@@ -82,11 +83,17 @@ class FakeLLM:
             def log_message(self, *args):
                 pass
 
+            def do_GET(self):  # /stats: what a server in another process has seen
+                with server.lock:
+                    stats = {"requests": dict(server.requests), "span": server.span}
+                self._send(200, json.dumps(stats).encode())
+
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 task = re.search(rb"TASK: (\w+)", body)
                 task = task.group(1).decode() if task else ""
                 with server.lock:
+                    server.span[:1] = server.span[:1] or [time.perf_counter()]
                     fault = server.take_fault(task)
                     server.requests["total"] += 1
                     if fault:
@@ -111,6 +118,8 @@ class FakeLLM:
                 usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
                 payload = {"choices": [{"message": {"role": "assistant", "content": text}}], "usage": usage}
                 self._send(200, json.dumps(payload).encode())
+                with server.lock:
+                    server.span[1:] = [time.perf_counter()]
 
             def _send(self, code: int, data: bytes, headers: dict | None = None):
                 try:
@@ -145,3 +154,13 @@ class FakeLLM:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+if __name__ == "__main__":  # a server in its own process (benchmarks: it must not share the client's GIL)
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The fake OpenAI-compatible server; prints its URL, serves forever.")
+    parser.add_argument("--latency", type=float, default=0.0)
+    llm = FakeLLM(latency=parser.parse_args().latency)
+    print(llm.url, flush=True)
+    llm.httpd.serve_forever()

@@ -58,12 +58,38 @@ class Usage:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def merge(self, other: Usage) -> None:
+        for k, v in asdict(other).items():
+            setattr(self, k, getattr(self, k) + v)
+
 
 current_usage: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("current_usage", default=None)
 
 
 def trace_usage() -> Usage:
     return current_usage.get() or Usage()
+
+
+def fan_out(fn, items: list, parallel: bool = True) -> list:
+    """`[fn(x) for x in items]`, the calls running concurrently when `parallel` (the independent LLM calls of one
+    trace; the backend's own limit still caps requests in flight). Order is kept, an exception is raised in the
+    caller, and each call's usage is counted toward the caller's trace."""
+    if not parallel or len(items) < 2:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(x):
+        usage = Usage()
+        current_usage.set(usage)
+        return fn(x), usage
+
+    with ThreadPoolExecutor(len(items)) as pool:
+        done = list(pool.map(lambda x: contextvars.Context().run(one, x), items))
+    parent = current_usage.get()
+    for _, usage in done:
+        if parent is not None:
+            parent.merge(usage)
+    return [result for result, _ in done]
 
 
 class LLMBackend(ABC):

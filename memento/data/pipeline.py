@@ -29,7 +29,7 @@ from memento.data.atomize import atomize
 from memento.data.boundaries import LLMScorer, heuristic_scores
 from memento.data.compress import ExtractiveCompressor, LLMCompressor
 from memento.data.judge import PASS, LLMJudge, RuleJudge
-from memento.data.llm import CachedBackend, HFBackend, LLMUnavailable, OpenAIBackend, Usage, current_usage
+from memento.data.llm import CachedBackend, HFBackend, LLMUnavailable, OpenAIBackend, Usage, current_usage, fan_out
 from memento.data.report import write_report
 from memento.data.segment import segment
 from memento.data.sources import RawTrace, iter_raw, seed_filter
@@ -101,6 +101,7 @@ class Stages:
 
         self.config = config
         self.count, self.counted_with = token_counter(config.tokenizer)
+        self.parallel = config.backend == "openai"  # a trace's independent calls go out together to a server
         self.fallback = ExtractiveCompressor(self.count)
         if config.backend == "offline":
             self.scorer = None
@@ -121,7 +122,7 @@ class Stages:
                     max_completion_tokens=config.max_completion_tokens,
                 )
             backend = CachedBackend(backend, out / "llm_cache.sqlite")
-            self.scorer = LLMScorer(backend, two_pass=config.two_pass)
+            self.scorer = LLMScorer(backend, two_pass=config.two_pass, parallel=self.parallel)
             self.compressor, self.judge = LLMCompressor(backend), LLMJudge(backend)
 
     def run(self, raw: RawTrace) -> tuple[Trace, dict]:
@@ -136,27 +137,32 @@ class Stages:
         blocks = ["".join(units[a:b]).strip() for a, b in seg.blocks]
         stats = {"units_raw": atoms.raw_units, "units": len(units), "failures": {}}
         mementos = self.compressor.compress(raw.problem, blocks)
-        for i, memento in enumerate(mementos):
-            if not memento:  # redo per block; if that fails too, the extractive memento stands in
-                failures = stats["failures"]
-                failures["memento_redone"] = failures.get("memento_redone", 0) + 1
-                mementos[i] = self.compressor.revise(raw.problem, blocks, i, "", "", [])
-                if not mementos[i]:
-                    failures["memento_extractive_fallback"] = failures.get("memento_extractive_fallback", 0) + 1
-                    mementos[i] = self.fallback.compress(raw.problem, [blocks[i]])[0] or blocks[i][:200]
-        verdicts = [self.judge.judge(raw.problem, b, m) for b, m in zip(blocks, mementos, strict=True)]
+        missing = [i for i, memento in enumerate(mementos) if not memento]  # redone per block, all at once
+        redone = fan_out(lambda i: self.compressor.revise(raw.problem, blocks, i, "", "", []), missing, self.parallel)
+        failures = stats["failures"]
+        for i, memento in zip(missing, redone, strict=True):
+            failures["memento_redone"] = failures.get("memento_redone", 0) + 1
+            mementos[i] = memento
+            if not memento:  # the extractive memento stands in
+                failures["memento_extractive_fallback"] = failures.get("memento_extractive_fallback", 0) + 1
+                mementos[i] = self.fallback.compress(raw.problem, [blocks[i]])[0] or blocks[i][:200]
+        verdicts = fan_out(
+            lambda i: self.judge.judge(raw.problem, blocks[i], mementos[i]), range(len(blocks)), self.parallel
+        )
         rounds = [[v.score for v in verdicts]]
         judged = [[_judged(m, v)] for m, v in zip(mementos, verdicts, strict=True)]  # every verdict, per block
         for _ in range(cfg.rounds):
             failing = [i for i, v in enumerate(verdicts) if v.score < PASS]
             if not failing:
                 break
-            for i in failing:
-                revised = self.compressor.revise(
-                    raw.problem, blocks, i, mementos[i], verdicts[i].feedback, verdicts[i].must_include
-                )
+
+            def revise(i):  # one failing block: rewrite its memento, judge the rewrite
+                v = verdicts[i]
+                revised = self.compressor.revise(raw.problem, blocks, i, mementos[i], v.feedback, v.must_include)
+                return revised, self.judge.judge(raw.problem, blocks[i], revised) if revised else None
+
+            for i, (revised, verdict) in zip(failing, fan_out(revise, failing, self.parallel), strict=True):
                 if revised:
-                    verdict = self.judge.judge(raw.problem, blocks[i], revised)
                     judged[i].append(_judged(revised, verdict))
                     if verdict.score >= verdicts[i].score:
                         mementos[i], verdicts[i] = revised, verdict
