@@ -22,6 +22,7 @@ NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:/\d+)?")
 CONCLUSION = re.compile(r"\b(?:therefore|thus|hence|so|we get|gives|yields|result|answer|equals|conclude)\b", re.I)
 CHECK = re.compile(r"\b(?:check|checks|checked|verify|verified|confirm|confirmed|consistent|correct)\b", re.I)
 FILLER = re.compile(r"\s*(?:hmm+|wait|let me see|okay|ok|alright|right)\b", re.I)
+NARRATIVE = re.compile(r"\b(?:I think|let me|hmm+|wait|I need to|I'll|we will now|the author|the block)\b", re.I)
 
 
 class Compressor(ABC):
@@ -66,7 +67,18 @@ class ExtractiveCompressor(Compressor):
         return [self._extract(block, []) for block in blocks]
 
     def revise(self, problem, blocks, index, memento, feedback, must_include):
-        return self._extract(blocks[index], must_include)
+        """Extract again with the judge's items first; then, as a compressor told to, drop narration and state what is
+        still missing (formulas verbatim, values, the method, the check) in a closing clause, if it fits `max_ratio`."""
+        block = blocks[index]
+        memento = self._extract(block, must_include)
+        if memento is None:
+            return None
+        memento = " ".join(NARRATIVE.sub("", memento).split()).replace(" ,", ",")
+        flat = " ".join(memento.split())
+        missing = [m for m in must_include if m not in flat and m not in NUMBER.findall(flat)]
+        extra = " Also: " + "; ".join(missing) + "." if missing else ""
+        budget = self.max_ratio * self.count_tokens([block])[0]
+        return memento + extra if self.count_tokens([memento + extra])[0] <= budget else memento
 
     def _value(self, sentence: str, must_include: list[str]) -> float:
         value = 0.0

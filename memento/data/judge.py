@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from typing import NamedTuple
 
 from memento.data.atomize import PROTECTED
-from memento.data.compress import CHECK, NUMBER, has_result, sentences
+from memento.data.compress import CHECK, NARRATIVE, NUMBER, has_result, sentences
 
 PASS = 8.0
 METHODS = re.compile(
@@ -26,7 +26,6 @@ METHODS = re.compile(
     r"discriminant|expand\w*|simplif\w*|rationaliz\w*|dynamic programming|brute force|binary search)\b",
     re.IGNORECASE,
 )
-NARRATIVE = re.compile(r"\b(?:I think|let me|hmm+|wait|I need to|I'll|we will now|the author|the block)\b", re.I)
 EQUATION = re.compile(r"[^\s=,;:]+(?:\s*=\s*[^\s=,;:]+)+")
 
 
@@ -89,7 +88,13 @@ class RuleJudge(Judge):
             feedback.append("start with the result the block established")
         if NARRATIVE.search(memo_n):
             feedback.append("drop narration (I think / let me / wait); state facts")
-        return Verdict(score, parts, "; ".join(feedback), missing_formulas + missing_numbers)
+        must = missing_formulas + missing_numbers
+        if parts["methods"] == 0:
+            must.append(sorted(methods)[0])
+        if parts["validation"] == 0:
+            checks = [s for s in sentences(block) if CHECK.search(s)]
+            must += [" ".join(max(checks, key=lambda s: (bool(NUMBER.search(s)), -len(s))).split())] if checks else []
+        return Verdict(score, parts, "; ".join(feedback), must)
 
 
 MAXIMA = {"formulas": 3, "numbers": 2, "methods": 2, "validation": 1, "correctness": 1, "result_first": 1}
