@@ -125,6 +125,12 @@ def test_parsers_accept_good_replies():
         '"result_first": 1, "deductions": 2, "score": 10, "feedback": "x"}'
     )
     assert verdict.score == 8.0
+    text = "SCORE: 7/10\nFORMULAS: 2/3\nNUMERICAL_VALUES: 2/2\nMETHODS: 1/2\nVALIDATION: 1/1\nCORRECTNESS: 1/1\n"
+    verdict = parse_verdict(text + "STRUCTURE: 1/1\nDEDUCTIONS: -1\nFEEDBACK: copy x^2 + 1 = 5 verbatim")
+    assert verdict.score == 7.0 and verdict.parts["methods"] == 1 and verdict.feedback == "copy x^2 + 1 = 5 verbatim"
+    assert parse_verdict("Overall... SCORE: 6.5/10\nFEEDBACK: add the value").score == 6.5  # the total alone
+    with pytest.raises(LLMOutputError, match="no SCORE"):
+        parse_verdict("FORMULAS: 3/3")
 
 
 def test_hf_backend_with_a_real_small_model():

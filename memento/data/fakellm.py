@@ -47,18 +47,10 @@ def answer(prompt: str, fault: str | None = None) -> str:
     elif task == "compress_one":
         block = prompt.split("Block:\n", 1)[1].split("\nEarlier version:")[0].split("Reply with JSON only")[0]
         reply = json.dumps({"memento": _memento(block)})
-    elif task == "judge":
-        reply = json.dumps(
-            {
-                "formulas": 3,
-                "numbers": 2,
-                "methods": 2,
-                "validation": 1,
-                "correctness": 1,
-                "result_first": 1,
-                "deductions": 1,
-                "feedback": "name the method",
-            }
+    elif task == "judge":  # the release's form: a total, a line per dimension, deductions, feedback
+        reply = (
+            "SCORE: 9/10\nFORMULAS: 3/3\nNUMERICAL_VALUES: 2/2\nMETHODS: 2/2\nVALIDATION: 1/1\nCORRECTNESS: 1/1\n"
+            "STRUCTURE: 1/1\nDEDUCTIONS: -1\nFEEDBACK: name the method"
         )
     else:
         reply = "Hello."

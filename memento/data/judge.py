@@ -11,6 +11,7 @@ result comes first. Its feedback lists the missing items, which the extractive c
 
 from __future__ import annotations
 
+import json
 import re
 from abc import ABC, abstractmethod
 from typing import NamedTuple
@@ -117,9 +118,33 @@ class LLMJudge(Judge):
         return value
 
 
+LINES = {
+    "FORMULAS": "formulas",
+    "NUMERICAL_VALUES": "numbers",
+    "METHODS": "methods",
+    "VALIDATION": "validation",
+    "CORRECTNESS": "correctness",
+    "STRUCTURE": "result_first",
+}
+NUMBER_AFTER = r"\s*[:=]\s*-?\s*(\d+(?:\.\d+)?)"
+
+
 def parse_verdict(reply: str) -> Verdict:
+    """The judge's `SCORE: X/10` reply (the release's form, with a line per rubric dimension) or the same fields as
+    JSON. The total is computed here from the dimensions less the deductions when they are all given (never the
+    model's own sum); a reply with only `SCORE: X/10` counts as X."""
     from memento.data.llm import LLMOutputError, parse_json_object
 
+    found = {LINES[k]: float(v) for k, v in re.findall(rf"\b({'|'.join(LINES)}){NUMBER_AFTER}", reply)}
+    total = re.search(rf"\bSCORE{NUMBER_AFTER}\s*/\s*10", reply, re.I)
+    if found or total:
+        feedback = reply.split("FEEDBACK:", 1)[1].strip() if "FEEDBACK:" in reply else ""
+        if len(found) < len(MAXIMA):
+            if not total or not 0 <= float(total[1]) <= 10:
+                raise LLMOutputError(f"the reply grades {sorted(found)} only, and gives no SCORE: X/10")
+            return Verdict(float(total[1]), {}, feedback, [])
+        deducted = re.search(rf"\bDEDUCTIONS{NUMBER_AFTER}", reply)
+        reply = json.dumps({**found, "deductions": float(deducted[1]) if deducted else 0.0, "feedback": feedback})
     data = parse_json_object(reply)
     parts = {}
     for key, top in MAXIMA.items():
