@@ -54,11 +54,10 @@ def test_units_match_the_releases_splitter_on_a_real_trace(shared_examples):
     of both (qwen tokens here; the count barely depends on the tokenizer)."""
     from memento.data.atomize import atomize
     from memento.data.sources import iter_raw
-    from memento.tokenizer import load_tokenizer
+    from memento.tokenizer import token_counter
 
-    tokenizer = load_tokenizer("qwen", add_tokens=False)
     [raw] = iter_raw(str(RAW_TRACE))
-    atoms = atomize(raw.reasoning, lambda texts: [len(i) for i in tokenizer(list(texts))["input_ids"]])
+    atoms = atomize(raw.reasoning, token_counter("qwen")[0])
     assert abs(atoms.raw_units - 602) <= 60 and abs(len(atoms.units) - 231) <= 23, (atoms.raw_units, len(atoms.units))
 
 

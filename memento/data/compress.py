@@ -74,8 +74,7 @@ class ExtractiveCompressor(Compressor):
         if memento is None:
             return None
         memento = " ".join(NARRATIVE.sub("", memento).split()).replace(" ,", ",")
-        flat = " ".join(memento.split())
-        missing = [m for m in must_include if m not in flat and m not in NUMBER.findall(flat)]
+        missing = [m for m in must_include if m not in memento and m not in NUMBER.findall(memento)]
         extra = " Also: " + "; ".join(missing) + "." if missing else ""
         budget = self.max_ratio * self.count_tokens([block])[0]
         return memento + extra if self.count_tokens([memento + extra])[0] <= budget else memento

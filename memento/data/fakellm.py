@@ -85,7 +85,8 @@ class FakeLLM:
                 task = re.search(rb"TASK: (\w+)", body)
                 task = task.group(1).decode() if task else ""
                 with server.lock:
-                    server.span[:1] = server.span[:1] or [time.perf_counter()]
+                    if not server.span:  # the first request's arrival
+                        server.span = [time.perf_counter()]
                     fault = server.take_fault(task)
                     server.requests["total"] += 1
                     if fault:
@@ -111,7 +112,7 @@ class FakeLLM:
                 payload = {"choices": [{"message": {"role": "assistant", "content": text}}], "usage": usage}
                 self._send(200, json.dumps(payload).encode())
                 with server.lock:
-                    server.span[1:] = [time.perf_counter()]
+                    server.span[1:] = [time.perf_counter()]  # the latest reply
 
             def _send(self, code: int, data: bytes, headers: dict | None = None):
                 try:

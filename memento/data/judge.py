@@ -11,7 +11,6 @@ result comes first. Its feedback lists the missing items, which the extractive c
 
 from __future__ import annotations
 
-import json
 import re
 from abc import ABC, abstractmethod
 from typing import NamedTuple
@@ -144,8 +143,9 @@ def parse_verdict(reply: str) -> Verdict:
                 raise LLMOutputError(f"the reply grades {sorted(found)} only, and gives no SCORE: X/10")
             return Verdict(float(total[1]), {}, feedback, [])
         deducted = re.search(rf"\bDEDUCTIONS{NUMBER_AFTER}", reply)
-        reply = json.dumps({**found, "deductions": float(deducted[1]) if deducted else 0.0, "feedback": feedback})
-    data = parse_json_object(reply)
+        data = {**found, "deductions": float(deducted[1]) if deducted else 0.0, "feedback": feedback}
+    else:
+        data = parse_json_object(reply)
     parts = {}
     for key, top in MAXIMA.items():
         value = data.get(key)
