@@ -7,10 +7,16 @@ The server is `memento.data.fakellm` on loopback, in its own process: real HTTP,
 and W workers, one call in flight per worker gives W / L calls per second; the independent calls of one trace (score
 windows, judge and revision of each block) go out together, so a trace can have several in flight. Calls/s count from
 the first request to the last reply (the tokenizer and data loading before them are in "seconds").
+
+The input is the first 128 *distinct* CHAMP solutions: CHAMP repeats some solution texts word for word (93 distinct
+among its first 128), and the pipeline's response cache answers a repeated request once, so a trace repeating
+another one waits on the other's call instead of making its own: with repeats, the server sees fewer calls than the
+pipeline gets answers, and calls/s would understate how busy the workers keep it.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -21,11 +27,24 @@ from pathlib import Path
 from results_file import header, write  # benchmarks/results_file.py (scripts run from benchmarks/)
 
 from memento.data.pipeline import Config, build
+from memento.data.sources import iter_raw
 
 TRACES = 128
 
 
-def run(latency: float, workers: int, traces: int = TRACES) -> dict:
+def _distinct_champ(path: Path, n: int) -> None:
+    """The first `n` CHAMP solutions with distinct reasoning, as a JSONL file of raw traces."""
+    seen, rows = set(), []
+    for raw in iter_raw("champ"):
+        if raw.reasoning not in seen:
+            seen.add(raw.reasoning)
+            rows.append({"id": raw.id, "problem": raw.problem, "cot": f"<think>{raw.reasoning}</think>{raw.answer}"})
+        if len(rows) == n:
+            break
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def run(source: Path, latency: float, workers: int) -> dict:
     """One build against a fake server in its own process (as a real endpoint would be: it must not take the
     pipeline's CPU); calls/s counts from the first request's arrival to the last reply."""
     import httpx
@@ -36,9 +55,9 @@ def run(latency: float, workers: int, traces: int = TRACES) -> dict:
     try:
         url = server.stdout.readline().strip()
         tmp = Path(tempfile.mkdtemp())
-        config = Config(backend="openai", base_url=url, model="fake", workers=workers, limit=traces)
+        config = Config(backend="openai", base_url=url, model="fake", workers=workers)
         t0 = time.perf_counter()
-        stats = build("champ", tmp, config)
+        stats = build(str(source), tmp, config)
         seconds = time.perf_counter() - t0
         shutil.rmtree(tmp)
         seen = httpx.get(url + "/stats").json()
@@ -58,15 +77,17 @@ def run(latency: float, workers: int, traces: int = TRACES) -> dict:
 
 
 def main() -> None:
-    build("champ", Path(tempfile.mkdtemp()), Config(limit=1))  # warm caches (tokenizer, numba, champ data)
-    rows = [run(0.0, 1)] + [run(0.25, w) for w in (1, 2, 4, 8, 16)]
+    source = Path(tempfile.mkdtemp()) / "traces.jsonl"
+    _distinct_champ(source, TRACES)
+    build(str(source), Path(tempfile.mkdtemp()), Config(limit=1))  # warm caches (tokenizer, numba)
+    rows = [run(source, 0.0, 1)] + [run(source, 0.25, w) for w in (1, 2, 4, 8, 16)]
     for r in rows:
         print(r)
     lines = header(
         "Data pipeline throughput vs workers (OpenAI-compatible backend, loopback server)",
         "data_pipeline.py",
-        f"{TRACES} CHAMP solutions, default settings (judge rounds 2). Seconds include loading the tokenizer and the "
-        "data; calls/s run from the first request to the last reply. "
+        f"{TRACES} distinct CHAMP solutions, default settings (judge rounds 2). Seconds include loading the tokenizer "
+        "and the data; calls/s run from the first request to the last reply. "
         "Target (issue #18): >= 0.8 of ideal at 4-16 workers.",
     )
     lines += [
