@@ -125,12 +125,18 @@ def test_the_command_line(tmp_path):
         "--limit",
         "2",
         "-q",
-        "--max-new-tokens",
-        "1024",
+        "--protocol",
+        "paper",
         "--mask-delimiters",
     ]
     proc = subprocess.run([*args, "--model", model], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "report:" in proc.stdout and (tmp_path / "curriculum" / "toy-orbit" / "results.jsonl").exists()
+    assert "report:" in proc.stdout and "departs from the paper protocol: model context 1024" in proc.stdout
+    records = [json.loads(line) for line in (tmp_path / "curriculum" / "toy-orbit" / "results.jsonl").open()]
+    assert len(records) == 2 * 2  # the paper's 2 samples per problem outside competition math
+    report = (tmp_path / "report.md").read_text()
+    assert "Protocol **paper**: the paper's (App. A.2.2): temperature 0.6, top-p 0.95, top-k 20" in report
+    assert "- curriculum, toy:orbit: model context 1024 tokens (protocol: 32768" in report
+    assert json.loads((tmp_path / "curriculum" / "toy-orbit" / "run.json").read_text())["protocol"] == "paper"
     both = subprocess.run([*args, "--model", model, "--run", f"a={model}"], capture_output=True, text=True)
     assert both.returncode == 2 and "either --model" in both.stderr and "Traceback" not in both.stderr

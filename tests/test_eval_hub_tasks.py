@@ -1,5 +1,6 @@
-"""The paper's benchmarks (AIME, MATH-500, GPQA-Diamond, LiveCodeBench) read from local files with the Hub's field
-names, their checkers on known right, wrong and missing answers, and the errors for bad files and no network."""
+"""The paper's benchmarks (the eleven competitions of Comp. Math, MATH-500, GPQA-Diamond, LiveCodeBench) read from
+local files with the Hub's field names, their checkers on known right, wrong and missing answers, the registry's lists
+of them, and the errors for bad files and no network."""
 
 from __future__ import annotations
 
@@ -18,9 +19,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from memento.core.errors import MementoError
-from memento.eval.tasks import MATH_INSTRUCTION, get
+from memento.eval.tasks import (
+    COMP_MATH,
+    FAMILIES,
+    MATH_INSTRUCTION,
+    PAPER_TASKS,
+    competitions,
+    get,
+    is_comp_math,
+    livecodebench,
+    source,
+)
 from memento.eval.tasks.gpqa import shuffle
-from memento.eval.tasks.livecodebench import decode_tests, encode_tests, parse_option
+from memento.eval.tasks.livecodebench import RELEASE_V6, decode_tests, encode_tests, parse_option
 
 
 def jsonl(path, rows):
@@ -56,6 +67,82 @@ def test_aime_reads_h4_parquet_and_falls_back_to_row_numbers(tmp_path):
     assert [p.id for p in get("aime24:" + parquet(tmp_path / "a.parquet", h4)).problems()] == ["aime24/60"]
     bare = [{"problem": "P1", "answer": "1"}, {"problem": "P2", "answer": "2"}]
     assert [p.id for p in get("aime26:" + jsonl(tmp_path / "b.jsonl", bare)).problems()] == ["aime26/1", "aime26/2"]
+
+
+# the other competitions of Comp. Math (MathArena's layout)
+
+
+def matharena_rows() -> list[dict]:
+    """Rows as MathArena's Parquet holds them: problem_idx int, answer a (LaTeX) string, problem_type a list."""
+    return [
+        {"problem_idx": 2, "problem": "Find $r$.", "answer": "\\frac{9}{4}", "problem_type": ["Algebra"]},
+        {"problem_idx": 1, "problem": "Find $s$.", "answer": "2\\sqrt{3}", "problem_type": ["Geometry", "Algebra"]},
+        {"problem_idx": 3, "problem": "Count them.", "answer": "2025", "problem_type": ["Combinatorics"]},
+    ]
+
+
+NEW = ("hmmt_feb23", "hmmt_feb24", "hmmt_feb25", "hmmt_feb26", "hmmt_nov25", "brumo25", "smt25", "cmimc25")
+
+
+@pytest.mark.parametrize("family", NEW)
+def test_competitions_read_matharena_parquet_and_check_latex_answers(tmp_path, family):
+    path = parquet(tmp_path / "train-00000-of-00001.parquet", matharena_rows())
+    task = get(f"{family}:{path}")
+    assert task.name == f"{family}:{path}" and task.about.endswith(f"problems ({path})")
+    frac, root, count = task.problems()
+    assert [frac.id, root.id, count.id] == [f"{family}/2", f"{family}/1", f"{family}/3"]  # problem_idx, file order
+    assert frac.prompt == f"Find $r$.\n\n{MATH_INSTRUCTION}" and frac.prompt.endswith(MATH_INSTRUCTION)
+    assert (frac.reference, root.reference) == ("\\frac{9}{4}", "2\\sqrt{3}")
+    assert root.data == {"problem_type": ["Geometry", "Algebra"]}
+    assert task.check(frac, "<think>\\boxed{3}</think>So $r = \\boxed{\\frac{9}{4}}$.").outcome == "correct"
+    assert task.check(frac, "</think>\\boxed{2.25}").outcome == "correct"  # by value
+    assert task.check(frac, "</think>\\boxed{\\frac{4}{9}}").outcome == "wrong"
+    assert task.check(root, "</think>\\boxed{2\\sqrt{3}}").outcome == "correct"
+    assert task.check(root, "</think>\\boxed{3\\sqrt{2}}").outcome == "wrong"
+    assert task.check(count, "</think>\\boxed{2024}").outcome == "wrong"
+    assert task.check(count, "</think>The answer is 2025.").outcome == "no_answer"  # no \boxed{}
+
+
+def test_competitions_read_jsonl_and_name_competition_count_and_source(tmp_path):
+    path = jsonl(tmp_path / "smt.jsonl", matharena_rows())
+    assert [p.id for p in get(f"smt25:{path}").problems()] == ["smt25/2", "smt25/1", "smt25/3"]
+    assert get("smt25").about == "SMT 2025: 53 problems (MathArena/smt_2025)"
+    assert get("hmmt_feb26").about == "HMMT February 2026: 33 problems (MathArena/hmmt_feb_2026)"
+    assert get("hmmt_nov25").about == "HMMT November 2025: 30 problems (MathArena/hmmt_nov_2025)"
+    assert get("cmimc25").about == "CMIMC 2025: 40 problems (MathArena/cmimc_2025)"
+    assert get("brumo25").about == "BrUMO 2025: 30 problems (MathArena/brumo_2025)"
+    assert get("aime24").about == "AIME 2024: 30 problems (HuggingFaceH4/aime_2024)"  # as before the rename
+    assert get(f"hmmt_feb23:{path}").about == f"HMMT February 2023: 30 problems ({path})"
+    repos = {c.repo for c in competitions.COMPETITIONS.values()}
+    assert len(repos) == 11 and {f"MathArena/{r}" for r in ("hmmt_feb_2024", "hmmt_feb_2025")} <= repos
+
+
+# the paper's tasks
+
+
+def test_comp_math_and_paper_tasks_are_registered_and_built_without_downloading(monkeypatch):
+    downloads = []
+    monkeypatch.setattr(source, "_download", lambda hub: downloads.append(hub.repo) or [])
+    assert len(COMP_MATH) == len(set(COMP_MATH)) == 11 and COMP_MATH[:3] == ("aime24", "aime25", "aime26")
+    assert COMP_MATH[-3:] == ("brumo25", "smt25", "cmimc25")
+    assert len(PAPER_TASKS) == len(set(PAPER_TASKS)) == 14 and PAPER_TASKS[11:] == ("math500", "gpqa", "lcb")
+    assert PAPER_TASKS[:11] == COMP_MATH
+    tasks = [get(name) for name in PAPER_TASKS]
+    assert set(PAPER_TASKS) <= set(FAMILIES)  # each registered by its own name (not only accepted by get)
+    assert [t.name for t in tasks] == list(PAPER_TASKS) and all(t.about for t in tasks)
+    assert downloads == []  # building a task reads nothing: only problems() does
+    competitions._problems.cache_clear()
+    try:
+        assert get("cmimc25").problems() == [] and downloads == ["MathArena/cmimc_2025"]  # the hook is the real path
+    finally:
+        competitions._problems.cache_clear()
+
+
+def test_is_comp_math_counts_local_copies_and_nothing_else():
+    assert all(is_comp_math(name) for name in COMP_MATH)
+    assert is_comp_math("hmmt_feb25:/x.jsonl") and is_comp_math("aime24:/d/aime@2024.parquet")
+    assert not any(is_comp_math(name) for name in ("math500", "gpqa", "lcb", "lcb:2025-02-01..", "champ", "hmmt"))
+    assert not is_comp_math("math500:/data/hmmt_feb25.jsonl")
 
 
 # MATH-500
@@ -193,7 +280,8 @@ def test_lcb_private_tests_decode_from_the_hub_encoding_and_refuse_objects():
 
 
 def test_lcb_options_select_a_file_and_a_contest_window(tmp_path):
-    assert parse_option("") == ("", ("2025-02-01", "2025-05-01"))  # the hub's "LCB v6" window
+    assert parse_option("") == ("", None)  # all of release_v6, as the paper ran it
+    assert parse_option("2025-02-01..2025-05-01") == ("", ("2025-02-01", "2025-05-01"))  # "LCB v6 (25.02-25.05)"
     assert parse_option("2024-08-01..2025-02-01") == ("", ("2024-08-01", "2025-02-01"))
     assert parse_option("..") == ("", None)  # all of release_v6
     assert parse_option("/d/x.jsonl") == ("/d/x.jsonl", None)
@@ -204,6 +292,45 @@ def test_lcb_options_select_a_file_and_a_contest_window(tmp_path):
     assert [p.id for p in get(f"lcb:{path}").problems()] == ["lcb/q0", "lcb/q1", "lcb/q2", "lcb/q3"]
     assert [p.id for p in get(f"lcb:{path}@2025-02-01..2025-05-01").problems()] == ["lcb/q1", "lcb/q2"]
     assert [p.id for p in get(f"lcb:{path}@..2025-02-01").problems()] == ["lcb/q0"]
+
+
+def test_lcb_by_default_is_all_of_release_v6_and_the_v6_window_reads_test6_only(monkeypatch, tmp_path):
+    """`lcb` is every problem of the six release_v6 files, whatever its date (the paper's 1,055); the common
+    `lcb:2025-02-01..2025-05-01` downloads test6.jsonl only and keeps its window."""
+    dates = {  # one file of release_v6 each, contest dates as the hub's files have them
+        "test.jsonl": "2023-05-07T00:00:00",
+        "test2.jsonl": "2023-10-01T00:00:00",
+        "test3.jsonl": "2024-04-06T00:00:00",
+        "test4.jsonl": "2024-08-03T00:00:00",
+        "test5.jsonl": "2025-01-18T00:00:00",
+        "test6.jsonl": "2025-03-01T00:00:00",
+    }
+    files = {name: tmp_path / name for name in RELEASE_V6}
+    for n, (name, date) in enumerate(dates.items()):
+        rows = [lcb_row(f"f{n}", SUM, date=date)] + ([lcb_row("late", SUM, date="2025-05-02")] if n == 5 else [])
+        jsonl(files[name], rows)
+    asked = []
+
+    def download(hub):
+        asked.append(hub.files)
+        return [files[name] for name in hub.files]
+
+    monkeypatch.setattr(source, "_download", download)
+    livecodebench._problems.cache_clear()
+    try:
+        task = get("lcb")
+        assert task.about == f"LiveCodeBench code generation, all 1,055 problems ({livecodebench.REPO} release_v6)"
+        every = ["lcb/f0", "lcb/f1", "lcb/f2", "lcb/f3", "lcb/f4", "lcb/f5", "lcb/late"]
+        assert [p.id for p in task.problems()] == every
+        assert asked == [RELEASE_V6]
+        assert [p.id for p in get("lcb:..").problems()] == [p.id for p in task.problems()]  # the same selection
+        window = get("lcb:2025-02-01..2025-05-01")
+        assert "contests in [2025-02-01, 2025-05-01)" in window.about
+        assert [p.id for p in window.problems()] == ["lcb/f5"] and asked[-1] == ("test6.jsonl",)
+        assert [p.id for p in get("lcb:2025-01-01..").problems()] == ["lcb/f4", "lcb/f5", "lcb/late"]
+        assert asked[-1] == RELEASE_V6
+    finally:
+        livecodebench._problems.cache_clear()
 
 
 # errors
@@ -255,35 +382,33 @@ def test_without_network_the_hub_tasks_say_so_and_name_the_fields(tmp_path):
 
 def test_offline_the_hub_tasks_read_the_files_cached_by_an_earlier_download(tmp_path):
     """The Hub files as a download leaves them in the Hugging Face cache, read without a network: the files named
-    (LiveCodeBench's test6.jsonl, GPQA's CSV, MathArena's Parquet shard) and LCB v6's contest window."""
-    hub = tmp_path / "hf" / "hub"
-    for repo, name, write in [
-        (
-            "livecodebench/code_generation_lite",
-            "test6.jsonl",
-            lambda p: jsonl(p, [lcb_row("in", SUM), lcb_row("out", SUM, date="2025-01-20T00:00:00")]),
-        ),
-        (
-            "Idavidrein/gpqa",
-            "gpqa_diamond.csv",
-            lambda p: p.write_text(
+    (LiveCodeBench's six release_v6 files, GPQA's CSV, MathArena's Parquet shards), all of release_v6 for `lcb` and
+    LCB v6's contest window for `lcb:2025-02-01..2025-05-01`."""
+    lcb = {f"test{n}.jsonl": [lcb_row(f"v{n}", SUM, date=f"2024-0{n}-01T00:00:00")] for n in range(2, 6)}
+    lcb["test.jsonl"] = [lcb_row("v1", SUM, date="2023-05-07T00:00:00")]
+    lcb["test6.jsonl"] = [lcb_row("in", SUM), lcb_row("out", SUM, date="2025-05-20T00:00:00")]
+    shard = "data/train-00000-of-00001.parquet"
+    hmmt = [{"problem_idx": 7, "problem": "P", "answer": "\\frac{9}{4}", "problem_type": ["Algebra"]}]
+    repos = {
+        "livecodebench/code_generation_lite": {name: lambda p, r=r: jsonl(p, r) for name, r in lcb.items()},
+        "Idavidrein/gpqa": {
+            "gpqa_diamond.csv": lambda p: p.write_text(
                 "Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
                 "Q?,yes,no,never,maybe\n"
-            ),
-        ),
-        (
-            "MathArena/aime_2026",
-            "data/train-00000-of-00001.parquet",
-            lambda p: parquet(p, [{"problem_idx": 1, "answer": 277, "problem": "P"}]),
-        ),
-    ]:
-        folder = hub / f"datasets--{repo.replace('/', '--')}"
+            )
+        },
+        "MathArena/aime_2026": {shard: lambda p: parquet(p, [{"problem_idx": 1, "answer": 277, "problem": "P"}])},
+        "MathArena/hmmt_feb_2026": {shard: lambda p: parquet(p, hmmt)},
+    }
+    for repo, files in repos.items():
+        folder = tmp_path / "hf" / "hub" / f"datasets--{repo.replace('/', '--')}"
         (folder / "refs").mkdir(parents=True)
         (folder / "refs" / "main").write_text("0" * 40)
-        (folder / "snapshots" / ("0" * 40) / name).parent.mkdir(parents=True)
-        write(folder / "snapshots" / ("0" * 40) / name)
-    done = run_without_network(
-        "print([[p.id for p in get(t).problems()] for t in ('lcb', 'gpqa', 'aime26')])", tmp_path / "hf"
-    )
+        for name, write in files.items():
+            (folder / "snapshots" / ("0" * 40) / name).parent.mkdir(parents=True, exist_ok=True)
+            write(folder / "snapshots" / ("0" * 40) / name)
+    tasks = ("lcb", "lcb:2025-02-01..2025-05-01", "gpqa", "aime26", "hmmt_feb26")
+    done = run_without_network(f"print([[p.id for p in get(t).problems()] for t in {tasks}])", tmp_path / "hf")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[['lcb/in'], ['gpqa/1'], ['aime26/1']]"
+    lcb_all = ["lcb/v1", "lcb/v2", "lcb/v3", "lcb/v4", "lcb/v5", "lcb/in", "lcb/out"]
+    assert done.stdout.strip() == str([lcb_all, ["lcb/in"], ["gpqa/1"], ["aime26/1"], ["hmmt_feb26/7"]])

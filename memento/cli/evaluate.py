@@ -12,8 +12,14 @@ from memento.cli import options
 from memento.cli.app import app, out, user_errors
 
 TASKS = (
-    "aime24, aime25, aime26, math500, gpqa, lcb (hub, or TASK:FILE for a local copy), champ, gym:GENERATOR, "
-    "toy:orbit; repeat for several."
+    "The paper's 14: aime24, aime25, aime26, hmmt_feb23, hmmt_feb24, hmmt_feb25, hmmt_feb26, hmmt_nov25, brumo25, "
+    "smt25, cmimc25 (Comp. Math), math500, gpqa, lcb (all of release v6; lcb:FROM..TO a window); each from the "
+    "Hub, or TASK:FILE for a local copy. Also champ, gym:GENERATOR, toy:orbit. Repeat for several."
+)
+PROTOCOL = (
+    "paper: the paper's sampling (temperature 0.6, top-p 0.95, top-k 20), 32,000 new tokens, 64 samples on "
+    "competition math and 2 elsewhere; quick: greedy, 1 sample, 4,096 tokens (smoke tests). Options given below "
+    "override it and are reported as departures; none: the options alone."
 )
 RUN = (
     "Compare runs: NAME=MODEL[?policy=full|keepN&restart=true&mask_delimiters=true...] (repeat; the first is the "
@@ -28,11 +34,22 @@ def evaluate(
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder: <run>/<task>/results.jsonl, report.md.")],
     model: Annotated[Path | None, typer.Option(help="A Hugging Face model folder with the Memento tokens.")] = None,
     run: Annotated[list[str] | None, typer.Option(help=RUN, metavar="NAME=MODEL")] = None,
-    n_samples: Annotated[int, typer.Option(help="Samples per problem (k of pass@k / maj@k).")] = 1,
-    temperature: Annotated[float, typer.Option(help="0 = greedy (the paper samples at 0.6).")] = 0.0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling (the paper: 0.95).")] = 1.0,
-    top_k: Annotated[int, typer.Option(help="0 = no top-k cut (the paper: 20).")] = 0,
-    max_new_tokens: Annotated[int, typer.Option(help="Generation length limit per sample.")] = 4096,
+    protocol: Annotated[str, typer.Option(help=PROTOCOL)] = "paper",
+    n_samples: Annotated[
+        int | None, typer.Option(help="Samples per problem (k of pass@k / maj@k) [default: the protocol's].")
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy [default: the protocol's].")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling [default: the protocol's].")] = None,
+    top_k: Annotated[int | None, typer.Option(help="0 = no top-k cut [default: the protocol's].")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Generation length limit per sample [default: the protocol's].")
+    ] = None,
+    answer_in_open_think: Annotated[
+        bool,
+        typer.Option(
+            "--answer-in-open-think", help="Read a completion cut off inside <think> for an answer (the paper: none)."
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Each sample's seed is a hash of this, its problem and its number.")] = 0,
     limit: Annotated[int | None, typer.Option(help="Only the first N problems (raise it to extend a run).")] = None,
     engine: Annotated[str, typer.Option(help="reference (KV measured while decoding) or vllm.")] = "reference",
@@ -70,6 +87,8 @@ def evaluate(
     else:
         runs = [parse_run(spec, pol) for spec in run]
     common = {
+        "protocol": "" if protocol == "none" else protocol,
+        "answer_in_open_think": answer_in_open_think,
         "samples": n_samples,
         "temperature": temperature,
         "top_p": top_p,
@@ -80,20 +99,19 @@ def evaluate(
         "dtype": dtype,
     }
     result = run_all(runs, task, out_dir, common, limit, batch_size, progress=not quiet, device=device)
-    k = n_samples
-    problems = max(s["problems"] for s in result["summaries"])
-    grid = Table(title=f"{problems} problems per task x {k} sample{'s' if k > 1 else ''}")
-    columns = ["run", "policy", "task", "pass@1"] + ([f"pass@{k}", f"maj@{k}"] if k > 1 else [])
-    columns += ["no answer", "tokens", "peak KV", "KV AUC (ktok)"]
+    grid = Table(title="no protocol" if protocol == "none" else f"protocol {protocol}")
+    columns = ["run", "policy", "task", "samples", "pass@1", "pass@k", "maj@k", "no answer", "tokens", "peak KV"]
+    columns += ["KV AUC (ktok)"]
     for column in columns:
         grid.add_column(column, justify="left" if column in ("run", "policy", "task") else "right")
     policies = {r.name: describe(r.policy) for r in runs}
     for s in result["summaries"]:
         lo, hi = s["pass@1_ci95"]
-        cells = [s["run"], policies[s["run"]], s["task"], f"{100 * s['pass@1']:.1f}% [{100 * lo:.0f}, {100 * hi:.0f}]"]
-        if k > 1:
-            maj = s[f"maj@{k}"]
-            cells += [f"{100 * s[f'pass@{k}']:.1f}%", "-" if maj is None else f"{100 * maj:.1f}%"]
+        k = s["samples"]
+        cells = [s["run"], policies[s["run"]], s["task"], str(k)]
+        cells.append(f"{100 * s['pass@1']:.1f}% [{100 * lo:.0f}, {100 * hi:.0f}]")
+        maj = s[f"maj@{k}"]
+        cells += [f"{100 * s[f'pass@{k}']:.1f}%", "-" if maj is None else f"{100 * maj:.1f}%"]
         cells += [
             f"{100 * s['no_answer']:.1f}%",
             f"{s['tokens']:.0f}",
@@ -102,6 +120,13 @@ def evaluate(
         ]
         grid.add_row(*cells)
     out.print(grid)
+    for c_run, c in (result.get("comp_math") or {}).items():
+        if c:
+            se = "" if c["se"] is None else f" ± {100 * c['se']:.1f}"
+            out.print(f"{c_run}: Comp. Math {100 * c['pass@1']:.1f}%{se} ({len(c['tasks'])} of {c['of']} competitions)")
+    for s in result["summaries"]:
+        for d in s.get("deviations") or []:
+            out.print(f"{s['run']}, {s['task']}: departs from the {protocol} protocol: {d}", style="yellow")
     for d in result["differences"]:
         lo, hi = d["pass@1_delta_ci95"]
         r = d["peak_kv_ratio"]

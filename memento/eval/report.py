@@ -27,6 +27,7 @@ import numpy as np
 from memento.core.errors import MementoError
 from memento.core.plots import pyplot, save
 from memento.core.policy import EvictionPolicy
+from memento.eval.protocol import PROTOCOLS, settings_for
 from memento.eval.run import EvalSettings, evaluate, paired, per_problem, problems_of, read_records, records_of
 
 FLAGS = ("mask_delimiters", "keep_last_block_for_answer", "restart")
@@ -117,7 +118,11 @@ def run_all(
         if not Path(r.model).is_dir():
             raise MementoError(f"run {r.name}: {r.model} is not a folder with a Hugging Face model")
     problems = {t: problems_of(t, limit)[1] for t in tasks}
-    settings = {(r.name, t): EvalSettings(r.model, t, policy=r.policy, **common) for r in runs for t in tasks}
+    settings = {
+        (r.name, t): EvalSettings(r.model, t, policy=r.policy, **settings_for(common, r.model, t))
+        for r in runs
+        for t in tasks
+    }
     summaries, records = {}, {}
     for (name, task), st in settings.items():
         folder = out / name / slug(task)
@@ -131,10 +136,13 @@ def run_all(
         "summaries": [{"run": n, **s} for (n, _), s in summaries.items()],
         "differences": differences(runs, tasks, summaries, records),
     }
+    result["comp_math"] = {r.name: comp_math([summaries[r.name, t] for t in tasks]) for r in runs}
     result["plots"] = {
         "accuracy_vs_kv": plot_accuracy(result, out / "accuracy_vs_kv.png"),
         "distributions": plot_distributions(records, out / "distributions.png"),
     }
+    if any(s.get("maj@k_curve") for s in summaries.values()):
+        result["plots"]["majority"] = plot_majority(result, out / "majority.png")
     (out / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "report.md").write_text(report(result))
     return result
@@ -168,6 +176,25 @@ def differences(runs: list[RunSpec], tasks: list[str], summaries: dict, records:
     return out
 
 
+def comp_math(summaries: list[dict]) -> dict | None:
+    """The paper's "Comp. Math": the unweighted mean of the competition-math tasks' pass@1, with its standard error
+    (the tasks' standard errors over per-problem means, combined: sqrt(sum of squares) / tasks). None when no task
+    is competition math."""
+    from memento.eval.tasks import COMP_MATH, is_comp_math
+
+    mine = [s for s in summaries if is_comp_math(s["task"])]
+    if not mine:
+        return None
+    errors = [s.get("pass@1_se") for s in mine]
+    se = None if None in errors else sum(e * e for e in errors) ** 0.5 / len(mine)
+    return {
+        "pass@1": sum(s["pass@1"] for s in mine) / len(mine),
+        "se": se,
+        "tasks": [s["task"] for s in mine],
+        "of": len(COMP_MATH),
+    }
+
+
 def _save(fig, path: Path) -> str:
     return str(save(fig, path, dpi=120))
 
@@ -199,6 +226,29 @@ def plot_accuracy(result: dict, path: Path) -> str:
     return _save(fig, path)
 
 
+def plot_majority(result: dict, path: Path) -> str:
+    """maj@k against k per task (the paper's Figure 7, left: how much voting would gain), one line per run, the
+    first run's pass@1 as a dashed line."""
+    plt = pyplot()
+    tasks = [t for t in result["tasks"] if any(s.get("maj@k_curve") for s in result["summaries"] if s["task"] == t)]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
+    names = [r["name"] for r in result["runs"]]
+    for ax, task in zip(axes[0], tasks, strict=True):
+        mine = {s["run"]: s for s in result["summaries"] if s["task"] == task}
+        for i, name in enumerate(names):
+            curve = mine[name].get("maj@k_curve")
+            if curve:
+                ks = range(1, len(curve) + 1)
+                ax.plot(ks, [100 * v for v in curve], marker="o", ms=3, color=f"C{i}", label=f"{name} maj@k")
+        base = mine[names[0]]
+        ax.axhline(100 * base["pass@1"], color="C0", ls="--", lw=1, label=f"{names[0]} pass@1")
+        ax.set(xlabel="k (samples voted)", ylabel="accuracy (%)", title=task)
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def plot_distributions(records: dict, path: Path) -> str:
     """Blocks per sample and memento lengths, per run (all tasks together)."""
     plt = pyplot()
@@ -226,36 +276,72 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def _header(result: dict) -> list[str]:
+    """The protocol and settings of the call, and every departure from the protocol, in words."""
+    st, summaries = result["settings"], result["summaries"]
+    name = st.get("protocol") or ""
+    scope = "" if result["limit"] is None else f"; first {result['limit']} problems of each task"
+    common = f"seed {st.get('seed', 0)}, {st.get('engine', 'reference')} engine{scope}"
+    if name:
+        lines = [f"Protocol **{name}**: {PROTOCOLS[name].about}; {common}."]
+    else:
+        first = summaries[0]
+        sampling = "greedy"
+        if first.get("temperature"):
+            sampling = f"temperature {first['temperature']}, top-p {first['top_p']}, top-k {first['top_k'] or 'off'}"
+        lines = [
+            f"No protocol: {first['samples']} sample(s) per problem, {sampling}, at most {first['max_new_tokens']} "
+            f"new tokens; {common}. Not comparable with the paper's numbers (use --protocol paper)."
+        ]
+    if st.get("answer_in_open_think"):
+        lines[0] += " Completions cut off inside <think> were read for an answer (the paper: no answer)."
+    departures = [(s["run"], s["task"], d) for s in summaries for d in s.get("deviations") or []]
+    if name and departures:
+        lines += ["", f"**Departures from the {name} protocol** (these numbers are not comparable with the paper's):"]
+        lines += [f"- {run}, {task}: {d}" for run, task, d in departures]
+    elif name:
+        lines += ["", f"Every run followed the {name} protocol as specified."]
+    return lines
+
+
+def _cell(s: dict | None) -> str:
+    if s is None:
+        return "-"
+    lo, hi = s["pass@1_ci95"]
+    return f"{_pct(s['pass@1'])} [{_pct(lo)}, {_pct(hi)}]"
+
+
 def report(result: dict) -> str:
-    tasks, runs, st = result["tasks"], result["runs"], result["settings"]
+    from memento.eval.tasks import is_comp_math
+
+    tasks, runs = result["tasks"], result["runs"]
     by = {(s["run"], s["task"]): s for s in result["summaries"]}
-    k = st.get("samples", 1)
-    sampling = "greedy"
-    if st.get("temperature"):
-        sampling = f"temperature {st['temperature']}, top-p {st.get('top_p', 1.0)}, top-k {st.get('top_k') or 'off'}"
-    scope = "" if result["limit"] is None else f", first {result['limit']} problems of each task"
+    comp = [t for t in tasks if is_comp_math(t)]
+    others = [t for t in tasks if t not in comp]
+    aggregate = result.get("comp_math") or {}
+    comp_head = [f"Comp. Math ({len(comp)} of {next(iter(aggregate.values()))['of']})"] if comp else []
     lines = [
         f"# memento eval: {', '.join(tasks)}",
         "",
-        f"{k} sample{'s' if k > 1 else ''} per problem, {sampling}, at most {st.get('max_new_tokens')} new tokens, "
-        f"seed {st.get('seed', 0)}, {st.get('engine', 'reference')} engine"
-        f"{scope}. "
+        *_header(result),
+        "",
         f"Written by `memento eval` on {time.strftime('%Y-%m-%d %H:%M')}.",
         "",
         "## Accuracy and KV",
         "",
-        "pass@1 (%) [95% interval] per task; peak KV and KV AUC are means per sample over all tasks (the layout of "
-        "the paper's Table 1).",
+        "pass@1 (%) [95% interval] per task; Comp. Math is the unweighted mean of the competition-math tasks "
+        "(± its standard error); peak KV and KV AUC are means per sample over all tasks (the layout of the paper's "
+        "Table 1).",
         "",
-        "| run | model | policy | " + " | ".join(tasks) + " | peak KV (tokens) | KV AUC (k tokens) |",
-        "|---|---|---|" + "---|" * len(tasks) + "---|---|",
+        "| run | model | policy | " + " | ".join(comp_head + others) + " | peak KV (tokens) | KV AUC (k tokens) |",
+        "|---|---|---|" + "---|" * len(comp_head + others) + "---|---|",
     ]
     for r in runs:
         cells = []
-        for t in tasks:
-            s = by[r["name"], t]
-            lo, hi = s["pass@1_ci95"]
-            cells.append(f"{_pct(s['pass@1'])} [{_pct(lo)}, {_pct(hi)}]")
+        if comp:
+            c = aggregate[r["name"]]
+            cells.append(f"{_pct(c['pass@1'])}" + ("" if c["se"] is None else f" ± {_pct(c['se'])}"))
+        cells += [_cell(by[r["name"], t]) for t in others]
         mine = [by[r["name"], t] for t in tasks]
         weights = [s["problems"] * s["samples"] for s in mine]
 
@@ -266,13 +352,31 @@ def report(result: dict) -> str:
             f"| {r['name']} | {Path(r['model']).name} | {describe(r['policy'])} | {' | '.join(cells)} | "
             f"{mean('peak_kv_tokens'):.0f} | {mean('auc_kv_ktok'):.1f} |"
         )
-    many = [f"pass@{k}", f"maj@{k}"] if k > 1 else []
+    if comp:
+        lines += [
+            "",
+            "### Competition math",
+            "",
+            "pass@1 (%) ± standard error over per-problem means, per competition.",
+            "",
+            "| run | " + " | ".join(comp) + " |",
+            "|---|" + "---|" * len(comp),
+        ]
+        for r in runs:
+            cells = []
+            for t in comp:
+                s = by[r["name"], t]
+                cells.append(_pct(s["pass@1"]) + ("" if s.get("pass@1_se") is None else f" ± {_pct(s['pass@1_se'])}"))
+            lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     head = [
         "task",
         "run",
         "problems",
+        "samples",
         "pass@1",
-        *many,
+        "± SE",
+        "pass@k",
+        "maj@k",
         "no answer",
         "truncated",
         "tokens",
@@ -286,11 +390,16 @@ def report(result: dict) -> str:
     for t in tasks:
         for r in runs:
             s = by[r["name"], t]
+            k = s["samples"]
             cells = [
                 t,
                 r["name"],
                 str(s["problems"]),
-                *(_pct(s[m]) for m in ["pass@1", *many]),
+                str(k),
+                _pct(s["pass@1"]),
+                _pct(s.get("pass@1_se")),
+                _pct(s[f"pass@{k}"]) if k > 1 else "-",
+                _pct(s[f"maj@{k}"]) if k > 1 else "-",
                 _pct(s["no_answer"]),
                 _pct(s["truncated"]),
                 f"{s['tokens']:.0f}",
@@ -332,4 +441,12 @@ def report(result: dict) -> str:
         "![blocks and memento sizes](distributions.png)",
         "",
     ]
+    if "majority" in result["plots"]:
+        lines += [
+            "maj@k by k (how much majority voting over k samples would gain; the paper's Figure 7, left), with the "
+            f"pass@1 of {runs[0]['name']}:",
+            "",
+            "![maj@k](majority.png)",
+            "",
+        ]
     return "\n".join(lines)

@@ -27,8 +27,10 @@ from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 from memento.core.errors import MementoError
+from memento.core.format import THINK_END, THINK_START
 from memento.core.intervals import Difference, mean_interval, paired_scores, wilson
 from memento.eval import backends
+from memento.eval.check import Verdict
 from memento.eval.settings import EvalSettings
 from memento.eval.tasks import Problem, Task, get
 
@@ -68,7 +70,7 @@ def evaluate(
                     samples = backend.generate([p.prompt for p, _ in part], seeds, size)
                     seconds += time.perf_counter() - began
                     for (p, j), seed, sample in zip(part, seeds, samples, strict=True):
-                        line = record(task, p, j, seed, sample)
+                        line = record(task, p, j, seed, sample, settings.answer_in_open_think)
                         sink.write(json.dumps(line) + "\n")
                         records.append(line)
                     sink.flush()
@@ -119,9 +121,19 @@ def sample_seed(seed: int, problem: str, sample: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def record(task, problem: Problem, sample: int, seed: int, s: backends.Sample) -> dict:
+def open_think(text: str) -> bool:
+    """Whether a completion was cut off inside its reasoning: `<think>` without `</think>`."""
+    return THINK_START in text and THINK_END not in text
+
+
+def record(
+    task, problem: Problem, sample: int, seed: int, s: backends.Sample, answer_in_open_think: bool = False
+) -> dict:
+    """One line of `results.jsonl`. A completion cut off inside `<think>` has no answer (a boxed intermediate
+    result is not a final one) unless `answer_in_open_think`."""
     try:
-        verdict = task.check(problem, s.text)
+        cut = open_think(s.text) and not answer_in_open_think
+        verdict = Verdict(None, False) if cut else task.check(problem, s.text)
     except MementoError:
         raise
     except Exception as e:  # a broken problem (test data, reference): name it, rather than a bare traceback
@@ -133,6 +145,7 @@ def record(task, problem: Problem, sample: int, seed: int, s: backends.Sample) -
         "reference": problem.reference,
         "answer": verdict.answer,
         "outcome": verdict.outcome,
+        "math_verify": getattr(verdict, "math_verify", None),  # the other checker's verdict (math tasks)
         **s.record(),
     }
 
@@ -215,10 +228,21 @@ def summarize(records: list[dict], settings: EvalSettings, about: str = "", vote
         "engine": settings.engine,
         "problems": n,
         "samples": k,
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "top_k": settings.top_k,
+        "max_new_tokens": settings.max_new_tokens,
         "pass@1": sum(pass1) / max(n, 1),
         f"pass@{k}": sum(passk) / max(n, 1),
         f"maj@{k}": sum(majk) / max(n, 1) if votes else None,
         "pass@1_ci95": list(wilson(round(sum(pass1)), n) if binary else mean_interval(pass1)),
+        "pass@1_se": standard_error(pass1),
+        "maj@k_curve": majority_curve(list(by.values())) if votes and k > 1 else None,
+        "protocol": settings.protocol,
+        "deviations": settings.deviations(),
+        "checkers_disagree": sum(
+            r.get("math_verify") is not None and r["math_verify"] != (r["outcome"] == "correct") for r in records
+        ),
         "no_answer": sum(r["outcome"] == "no_answer" for r in records) / total,
         "truncated": sum(r["finish_reason"] == "length" for r in records) / total,
         "tokens": mean("tokens"),
@@ -232,6 +256,45 @@ def summarize(records: list[dict], settings: EvalSettings, about: str = "", vote
     }
 
 
+def standard_error(scores: list[float]) -> float | None:
+    """The standard error of a mean over problems (the paper's, over per-problem means); None with one problem."""
+    n = len(scores)
+    if n < 2:
+        return None
+    mean = sum(scores) / n
+    return (sum((x - mean) ** 2 for x in scores) / (n - 1) / n) ** 0.5
+
+
+def majority_curve(problems: list[list[dict]]) -> list[float]:
+    """maj@k for k = 1..n (n: the fewest samples of any problem): for each k, the majority vote (as `_majority`) of
+    every window of k consecutive samples, taken cyclically so that every sample starts one, averaged over windows
+    and problems. maj@1 is exactly pass@1; ties go to the answer seen first, which the rotation averages out."""
+    n = min(len(rs) for rs in problems)
+    sums = [0.0] * n
+    for rs in problems:
+        keys = [_vote(r) for r in rs[:n]]
+        for j in range(n):  # the window starting at sample j, grown one sample at a time
+            counts: dict = {}
+            first: dict = {}
+            best = None
+            for k in range(n):
+                key = keys[(j + k) % n]
+                if key is not None:
+                    counts[key] = counts.get(key, 0) + 1
+                    first.setdefault(key, k)
+                    if best is None or (counts[key], -first[key]) > (counts[best], -first[best]):
+                        best = key
+                sums[k] += best is True
+    return [total / (n * len(problems)) for total in sums]
+
+
+def _vote(r: dict):
+    """What a sample votes for: True for any right answer, a wrong one by its text without spaces, None: none."""
+    if r["answer"] is None:
+        return None
+    return True if r["outcome"] == "correct" else r["answer"].replace(" ", "")
+
+
 def _mean(values: list) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -239,8 +302,5 @@ def _mean(values: list) -> float | None:
 def _majority(samples: list[dict]) -> bool:
     """Whether the most frequent answer is right: right answers are one answer (they all equal the reference),
     wrong ones are grouped by their text without spaces; ties go to the answer seen first."""
-    answered = [r for r in samples if r["answer"] is not None]
-    if not answered:
-        return False
-    votes = Counter(True if r["outcome"] == "correct" else r["answer"].replace(" ", "") for r in answered)
-    return votes.most_common(1)[0][0] is True
+    votes = Counter(v for v in map(_vote, samples) if v is not None)
+    return bool(votes) and votes.most_common(1)[0][0] is True

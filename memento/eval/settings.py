@@ -27,6 +27,8 @@ class EvalSettings:
     policy: dict = field(default_factory=lambda: asdict(EvictionPolicy(0)))  # as saved; an EvictionPolicy is taken too
     engine: str = "reference"  # reference | vllm
     dtype: str = "auto"  # auto: float32 on the reference engine; on vLLM the model's own (fp32 on CPUs without bf16)
+    protocol: str = ""  # the protocol the sampling settings came from (`memento.eval.protocol`); "": none named
+    answer_in_open_think: bool = False  # read a completion cut off inside <think> as an answer (the paper: no answer)
 
     def __post_init__(self):
         if isinstance(self.policy, EvictionPolicy):
@@ -37,8 +39,20 @@ class EvalSettings:
             raise MementoError(f"--n-samples {self.samples}: need at least one sample per problem")
         if self.samples > 1 and self.temperature == 0:
             raise MementoError(f"--n-samples {self.samples} with --temperature 0: greedy samples are all the same")
+        if self.protocol:
+            from memento.eval.protocol import get
+
+            get(self.protocol)  # a known name
         if self.dtype not in DTYPES:
             raise MementoError(f"--dtype {self.dtype}: choose from {', '.join(DTYPES)}")
+
+    def deviations(self) -> list[str]:
+        """Where the sampling settings depart from the protocol's, in words (empty without a protocol)."""
+        if not self.protocol:
+            return []
+        from memento.eval.protocol import deviations, get
+
+        return deviations(get(self.protocol), self.task, asdict(self), self.model)
 
     @property
     def eviction(self) -> EvictionPolicy:

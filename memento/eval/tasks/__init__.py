@@ -2,6 +2,9 @@
 
 One file per task family registers itself here; `get("champ")`, `get("gym:basic_arithmetic")` (a family and its
 option after the colon) build one. Problems carry what their checker needs, so a resumed run re-checks nothing.
+
+`PAPER_TASKS` are the paper's 14 benchmarks (Table 5); `COMP_MATH` the eleven competitions whose unweighted mean
+pass@1 is its "Comp. Math" column (`is_comp_math` says whether a task name is one of them).
 """
 
 from __future__ import annotations
@@ -13,6 +16,20 @@ from memento.core.errors import MementoError
 from memento.eval.check import Verdict
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+COMP_MATH = (  # the paper's competition math, in its order (tasks/competitions.py)
+    "aime24",
+    "aime25",
+    "aime26",
+    "hmmt_feb23",
+    "hmmt_feb24",
+    "hmmt_feb25",
+    "hmmt_feb26",
+    "hmmt_nov25",
+    "brumo25",
+    "smt25",
+    "cmimc25",
+)
+PAPER_TASKS = (*COMP_MATH, "math500", "gpqa", "lcb")  # all of Table 5 (lcb: all 1,055 problems of release v6)
 
 
 @dataclass(frozen=True)
@@ -55,7 +72,18 @@ def get(name: str) -> Task:
     return FAMILIES[family](option) if option else FAMILIES[family]()
 
 
-MODULES = ("champ", "gym", "toy", "aime", "math500", "gpqa", "livecodebench")  # files here; each registers families
+def family_of(name: str) -> str:
+    """The family of a task name: `hmmt_feb25:/data/x.jsonl` -> `hmmt_feb25`, `lcb:2025-02-01..` -> `lcb`."""
+    return name.partition(":")[0]
+
+
+def is_comp_math(name: str) -> bool:
+    """Whether the task `name` (`family` or `family:option`, e.g. a local copy) counts towards Comp. Math."""
+    return family_of(name) in COMP_MATH
+
+
+# the files here; each registers its families
+MODULES = ("champ", "gym", "toy", "competitions", "math500", "gpqa", "livecodebench")
 
 
 def _load_families() -> None:

@@ -3,12 +3,11 @@
 Source: livecodebench/code_generation_lite on the Hugging Face Hub. It is a loading-script repository (which
 `datasets` >= 4 no longer runs), so its files are read directly: `release_v6` is test.jsonl, test2.jsonl, ...,
 test6.jsonl (1,055 problems, contests from May 2023 to April 2025); test6.jsonl holds the problems v6 added.
-- `lcb`: "LCB v6" as usually reported (e.g. Qwen3's "LiveCodeBench v6 (25.02-25.05)"): the release_v6 problems whose
-  contest date is in [2025-02-01, 2025-05-01). Those all come from test6.jsonl (earlier files end in January 2025),
-  so only that file is downloaded. The paper does not state its window; this is the common one (some harnesses
-  mean instead all of test6.jsonl, the problems release v6 added).
-- `lcb:2024-08-01..2025-02-01`: another window ([from, to), either side may be left out: `lcb:..` is all of
-  release_v6), over the six files.
+- `lcb`: all 1,055 problems of release_v6 (the six files), as the paper ran it.
+- `lcb:2025-02-01..2025-05-01`: only the problems whose contest date is in [from, to) (either side may be left out;
+  `lcb:..` is all of release_v6, like `lcb`). That one is "LCB v6" as often reported (e.g. Qwen3's "LiveCodeBench
+  v6 (25.02-25.05)"); its problems all come from test6.jsonl (earlier files end in January 2025), so only that file
+  is downloaded for it. Other windows read the six files.
 - `lcb:/data/lcb.jsonl` (optionally `@2025-02-01..2025-05-01`): a local file (JSONL, JSON, Parquet or CSV) with
   the hub's fields: question_id, question_content, starter_code, contest_date, public_test_cases,
   private_test_cases, metadata (question_title, platform and difficulty are kept when present).
@@ -41,7 +40,7 @@ from memento.eval.tasks.source import HubSource, rows
 
 REPO = "livecodebench/code_generation_lite"
 RELEASE_V6 = ("test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl", "test5.jsonl", "test6.jsonl")
-V6_WINDOW = ("2025-02-01", "2025-05-01")
+V6_WINDOW = ("2025-02-01", "2025-05-01")  # the common "v6 (25.02-25.05)" window: `lcb:2025-02-01..2025-05-01`
 FIELDS = (
     "question_id",
     "question_content",
@@ -81,7 +80,7 @@ def encode_tests(tests: list[dict]) -> str:
 def parse_option(option: str) -> tuple[str, tuple[str | None, str | None] | None]:
     """`lcb`'s option as (local path or "", contest-date window or None for all)."""
     if not option:
-        return "", V6_WINDOW
+        return "", None  # all of release_v6, as the paper ran it
     path, _, window = option.rpartition("@") if "@" in option else ("", "", option)
     if m := WINDOW.fullmatch(window):
         return path, None if m.groups() == (None, None) else m.groups()
@@ -124,7 +123,10 @@ class LiveCodeBench(Task):
         self.option = option
         self.name = f"lcb:{option}" if option else "lcb"
         path, window = parse_option(option)
-        span = "all dates" if window is None else f"contests in [{window[0] or '...'}, {window[1] or '...'})"
+        if window is not None:
+            span = f"contests in [{window[0] or '...'}, {window[1] or '...'})"
+        else:
+            span = "all dates" if path else "all 1,055 problems"
         self.about = f"LiveCodeBench code generation, {span} ({path or REPO + ' release_v6'})"
 
     def problems(self) -> list[Problem]:
