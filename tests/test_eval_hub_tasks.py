@@ -59,7 +59,8 @@ def test_aime_reads_matharena_rows_and_compares_integer_answers(tmp_path):
     assert task.check(p204, "<think>maybe \\boxed{7}</think>So \\boxed{204}.").outcome == "correct"
     assert task.check(p204, "</think>\\boxed{033}").outcome == "wrong"
     assert task.check(p33, "</think>\\boxed{033}").outcome == "correct"  # zero-padded as on AIME sheets: by value
-    assert task.check(p33, "</think>The answer is 33.").outcome == "no_answer"  # no \boxed{}
+    unboxed = task.check(p33, "</think>The answer is 33.")  # no box: the short last line is the answer (the paper)
+    assert unboxed.answer == "The answer is 33" and unboxed.outcome == "wrong"
 
 
 def test_aime_reads_h4_parquet_and_falls_back_to_row_numbers(tmp_path):
@@ -100,7 +101,7 @@ def test_competitions_read_matharena_parquet_and_check_latex_answers(tmp_path, f
     assert task.check(root, "</think>\\boxed{2\\sqrt{3}}").outcome == "correct"
     assert task.check(root, "</think>\\boxed{3\\sqrt{2}}").outcome == "wrong"
     assert task.check(count, "</think>\\boxed{2024}").outcome == "wrong"
-    assert task.check(count, "</think>The answer is 2025.").outcome == "no_answer"  # no \boxed{}
+    assert task.check(count, "</think>The answer is 2025.").outcome == "wrong"  # no box: the last line, as a whole
 
 
 def test_competitions_read_jsonl_and_name_competition_count_and_source(tmp_path):

@@ -52,7 +52,14 @@ def evaluate(
     ] = False,
     seed: Annotated[int, typer.Option(help="Each sample's seed is a hash of this, its problem and its number.")] = 0,
     limit: Annotated[int | None, typer.Option(help="Only the first N problems (raise it to extend a run).")] = None,
-    engine: Annotated[str, typer.Option(help="reference (KV measured while decoding) or vllm.")] = "reference",
+    engine: Annotated[
+        str,
+        typer.Option(help="reference (KV measured while decoding), vllm, or server (a running memento serve)."),
+    ] = "reference",
+    server: Annotated[
+        str | None,
+        typer.Option(help="--engine server: its URL, e.g. http://127.0.0.1:8000; its /metrics are polled live."),
+    ] = None,
     dtype: Annotated[
         str, typer.Option(help="auto (reference: float32; vLLM: the model's), float32, bfloat16.")
     ] = "auto",
@@ -98,7 +105,7 @@ def evaluate(
         "engine": engine,
         "dtype": dtype,
     }
-    result = run_all(runs, task, out_dir, common, limit, batch_size, progress=not quiet, device=device)
+    result = run_all(runs, task, out_dir, common, limit, batch_size, not quiet, device, server)
     grid = Table(title="no protocol" if protocol == "none" else f"protocol {protocol}")
     columns = ["run", "policy", "task", "samples", "pass@1", "pass@k", "maj@k", "no answer", "tokens", "peak KV"]
     columns += ["KV AUC (ktok)"]
@@ -135,4 +142,10 @@ def evaluate(
             f"{d['run']} - {d['baseline']} on {d['task']}: pass@1 {100 * d['pass@1_delta']:+.1f} points "
             f"[{100 * lo:+.1f}, {100 * hi:+.1f}]{peak}"
         )
+    for s in result["summaries"]:
+        if live := s.get("live_kv"):
+            worst = live["max_relative_difference"]
+            shown = "-" if worst is None else f"{100 * worst:.2f}%"
+            n = live["requests"]
+            out.print(f"{s['run']}, {s['task']}: live /metrics peak vs replay over {n} requests: at most {shown} apart")
     out.print(f"report: {out_dir / 'report.md'}   summary: {out_dir / 'summary.json'}")

@@ -41,6 +41,7 @@ class Sample:
     block_tokens: list[int] = field(default_factory=list)  # per block, delimiters excluded
     memento_tokens: list[int] = field(default_factory=list)
     text: str = ""
+    request: str | None = None  # the server's request id (engine server: the label of its live KV on /metrics)
 
     def record(self) -> dict:
         return asdict(self)
@@ -185,35 +186,108 @@ class VLLMBackend:
         return [self._sample(p, o) for p, o in zip(ids, outs, strict=True)]
 
     def _sample(self, prompt: list[int], output) -> Sample:
-        from memento.core.kv import replay
-        from memento.core.spans import label
-
         done = output.outputs[0]
-        completion = list(done.token_ids)
-        fed = prompt + (completion[:-1] if completion else [])  # the last sampled token is never fed
-        if self.special is None:  # a base model keeps everything
-            timeline = np.arange(len(prompt), len(fed) + 1)
-            server = {"blocks": 0, "evicted_tokens": 0, "peak_kv_tokens": len(fed)}
-        else:
-            spans = label(fed, self.special, len(prompt), strict=False)
-            timeline = replay(spans, self.policy, self.geometry).tokens[len(prompt) - 1 :]  # as the reference's
-            server = output.kv_transfer_params["memento"]
-        if int(timeline.max()) != server["peak_kv_tokens"]:
-            raise MementoError(
-                f"vLLM held {server['peak_kv_tokens']} KV tokens at peak, the replay of its tokens "
-                f"{int(timeline.max())}: the engine and the accounting disagree"
-            )
-        return Sample(
-            done.finish_reason,
-            len(completion),
-            server["blocks"],
-            server["evicted_tokens"],
-            server["peak_kv_tokens"],
-            auc_ktok(timeline[1:]),
-            server["peak_kv_tokens"] * self.geometry.bytes_per_token,
-            *_sizes(completion, self.special),
-            self.tokenizer.decode(completion, skip_special_tokens=False),
-        )
+        server = None if self.special is None else output.kv_transfer_params["memento"]
+        return _served(self, prompt, list(done.token_ids), done.finish_reason, server)
 
     def close(self) -> None:
         self.llm.llm_engine.engine_core.shutdown()
+
+
+def _served(backend, prompt: list[int], completion: list[int], finish_reason: str, server: dict | None) -> Sample:
+    """A sample served by vLLM (in process or over HTTP): the scheduler's statistics (`server`; None for a base
+    model, which keeps everything), the AUC replayed from the tokens, and the replay's peak checked against the
+    scheduler's."""
+    from memento.core.kv import replay
+    from memento.core.spans import label
+
+    fed = prompt + (completion[:-1] if completion else [])  # the last sampled token is never fed
+    if backend.special is None:
+        timeline = np.arange(len(prompt), len(fed) + 1)
+        server = {"blocks": 0, "evicted_tokens": 0, "peak_kv_tokens": len(fed)}
+    else:
+        spans = label(fed, backend.special, len(prompt), strict=False)
+        timeline = replay(spans, backend.policy, backend.geometry).tokens[len(prompt) - 1 :]  # as the reference's
+    if int(timeline.max()) != server["peak_kv_tokens"]:
+        raise MementoError(
+            f"vLLM held {server['peak_kv_tokens']} KV tokens at peak, the replay of its tokens "
+            f"{int(timeline.max())}: the engine and the accounting disagree"
+        )
+    return Sample(
+        finish_reason,
+        len(completion),
+        server["blocks"],
+        server["evicted_tokens"],
+        server["peak_kv_tokens"],
+        auc_ktok(timeline[1:]),
+        server["peak_kv_tokens"] * backend.geometry.bytes_per_token,
+        *_sizes(completion, backend.special),
+        backend.tokenizer.decode(completion, skip_special_tokens=False),
+    )
+
+
+class ServerBackend:
+    """A running `memento serve` over its OpenAI-compatible API (the paper's server mode): each response's KV
+    statistics, the AUC replayed, and the server's `/metrics` polled while the requests run, into `kv_live.jsonl`
+    of the run folder (`memento.eval.live`), so that the live peaks can be checked against the replay. The run's
+    policy goes with every request; sampling too, with the sample's seed."""
+
+    def __init__(self, settings: EvalSettings, prompts: list[str], base_url: str, out: Path):
+        import httpx
+        from transformers import AutoConfig, AutoTokenizer
+
+        from memento.core.chat import encode_chat, memento_ids
+        from memento.core.kv import KVGeometry
+        from memento.eval.live import MetricsPoller
+
+        if not Path(settings.model).is_dir():
+            raise MementoError(f"--model {settings.model}: the served model's folder is needed (its tokenizer)")
+        self.settings, self.policy = settings, settings.eviction
+        self.tokenizer = AutoTokenizer.from_pretrained(settings.model)
+        base = bool(_base_model(settings, self.tokenizer))
+        self.special = None if base else memento_ids(self.tokenizer)
+        self.encode = lambda prompt: encode_chat(self.tokenizer, prompt).ids
+        self.geometry = KVGeometry.from_config(AutoConfig.from_pretrained(settings.model))
+        self.url = base_url.rstrip("/")
+        self.client = httpx.Client(timeout=None)
+        try:
+            self.served = self.client.get(f"{self.url}/v1/models", timeout=10).json()["data"][0]["id"]
+        except (httpx.HTTPError, ValueError, KeyError, IndexError) as e:
+            raise MementoError(f"--server {base_url}: no OpenAI-compatible server answers there ({e})") from None
+        self.poller = MetricsPoller(self.url, out / "kv_live.jsonl").__enter__()
+
+    def generate(self, prompts: list[str], seeds: list[int], batch_size: int) -> list[Sample]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(batch_size, len(prompts))) as pool:
+            return list(pool.map(self._one, prompts, seeds))
+
+    def _one(self, prompt: str, seed: int) -> Sample:
+        import json
+
+        st = self.settings
+        body = {
+            "model": self.served,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": st.max_new_tokens,
+            "temperature": st.temperature,
+            "top_p": st.top_p,
+            "top_k": st.top_k or -1,
+            "seed": seed,
+            "return_token_ids": True,
+            "skip_special_tokens": False,
+        }
+        if self.special is not None:
+            body["vllm_xargs"] = {"memento_policy": json.dumps(st.policy)}
+        response = self.client.post(f"{self.url}/v1/chat/completions", json=body)
+        if response.status_code != 200:
+            raise MementoError(f"{self.url}: HTTP {response.status_code}: {response.text[:300]}")
+        reply = response.json()
+        choice = reply["choices"][0]
+        server = None if self.special is None else reply["kv_transfer_params"]["memento"]
+        sample = _served(self, reply["prompt_token_ids"], choice["token_ids"], choice["finish_reason"], server)
+        return replace(sample, request=None if server is None else server["request_id"])
+
+    def close(self) -> None:
+        self.poller.__exit__(None, None, None)
+        self.client.close()

@@ -107,6 +107,7 @@ def run_all(
     batch_size: int | None = None,
     progress: bool = True,
     device: str | None = None,
+    server: str | None = None,
 ) -> dict:
     """Evaluate every run on every task (each resumable), then write the comparison and the report."""
     names = [r.name for r in runs]
@@ -126,7 +127,7 @@ def run_all(
     summaries, records = {}, {}
     for (name, task), st in settings.items():
         folder = out / name / slug(task)
-        summaries[name, task] = evaluate(st, folder, limit, batch_size, progress, device)
+        summaries[name, task] = evaluate(st, folder, limit, batch_size, progress, device, server=server)
         records[name, task] = records_of(read_records(folder), problems[task])
     result = {
         "tasks": tasks,

@@ -43,11 +43,13 @@ def evaluate(
     progress: bool = True,
     device: str | None = None,
     save_every: int | None = None,
+    server: str | None = None,
 ) -> dict:
     """Generate, check and record every missing sample, then summarize the run into `summary.json`. `batch_size`:
     the reference engine's batch slots (default 16), or vLLM's samples per call (default 256; vLLM schedules within a
     call); `save_every`: samples per engine call, saved after each (default: `batch_size`; more lets the reference
-    engine refill its slots as requests finish); `device`: the reference engine's (default: cuda when there is one)."""
+    engine refill its slots as requests finish); `device`: the reference engine's (default: cuda when there is one);
+    `server`: the URL of the running server (engine `server`), whose /metrics are polled into `kv_live.jsonl`."""
     from tqdm.auto import tqdm
 
     task, problems = problems_of(settings.task, limit)
@@ -56,8 +58,16 @@ def evaluate(
     todo = [(p, j) for p in problems for j in range(settings.samples) if (p.id, j) not in done]
     generated, seconds = 0, 0.0
     if todo:
-        kind = backends.VLLMBackend if settings.engine == "vllm" else backends.ReferenceBackend
-        backend: backends.Backend = kind(settings, [p.prompt for p, _ in todo], device)
+        prompts = [p.prompt for p, _ in todo]
+        backend: backends.Backend
+        if settings.engine == "server":
+            if not server:
+                raise MementoError("--engine server needs --server URL (a running `memento serve`)")
+            backend = backends.ServerBackend(settings, prompts, server, out)
+        elif settings.engine == "vllm":
+            backend = backends.VLLMBackend(settings, prompts, device)
+        else:
+            backend = backends.ReferenceBackend(settings, prompts, device)
         size = batch_size or (256 if settings.engine == "vllm" else 16)
         chunk = save_every or size
         bar = tqdm(total=len(todo), desc=f"{settings.task}: {len(todo)} samples", unit="sample", disable=not progress)
@@ -80,10 +90,24 @@ def evaluate(
             bar.close()
             backend.close()
     summary = summarize(records_of(records, problems), settings, task.about, votes=task.votes)
+    if (out / "kv_live.jsonl").exists():
+        summary["live_kv"] = live_check(out, records)
     summary["generated_now"] = generated
     summary["seconds_now"] = seconds  # generating them (tokens/s: their tokens over it)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def live_check(out: Path, records: list[dict]) -> dict:
+    """The peaks `/metrics` showed live against the replayed ones, over the samples the poll log saw."""
+    from memento.eval.live import compare, read_polls
+
+    polls = read_polls(out / "kv_live.jsonl")
+    simulated = {r["request"]: r["peak_kv_tokens"] for r in records if r.get("request") in polls}
+    rows = compare(polls, simulated)
+    (out / "kv_live_compare.json").write_text(json.dumps(rows, indent=1) + "\n")
+    worst = max((r["relative_difference"] for r in rows), default=None)
+    return {"requests": len(rows), "max_relative_difference": worst, "missing": len(records) - len(rows)}
 
 
 def problems_of(name: str, limit: int | None = None) -> tuple[Task, list[Problem]]:

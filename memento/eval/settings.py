@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from memento.core.errors import MementoError
 from memento.core.policy import EvictionPolicy
 
-ENGINES = ("reference", "vllm")
+ENGINES = ("reference", "vllm", "server")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -25,7 +25,7 @@ class EvalSettings:
     max_new_tokens: int = 4096
     seed: int = 0
     policy: dict = field(default_factory=lambda: asdict(EvictionPolicy(0)))  # as saved; an EvictionPolicy is taken too
-    engine: str = "reference"  # reference | vllm
+    engine: str = "reference"  # reference | vllm | server (a running `memento serve`, its URL given at run time)
     dtype: str = "auto"  # auto: float32 on the reference engine; on vLLM the model's own (fp32 on CPUs without bf16)
     protocol: str = ""  # the protocol the sampling settings came from (`memento.eval.protocol`); "": none named
     answer_in_open_think: bool = False  # read a completion cut off inside <think> as an answer (the paper: no answer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ from memento.core.policy import EvictionPolicy
 from memento.core.spans import MementoIds
 
 log = logging.getLogger(__name__)
+LIVE = "memento_live"  # kv_transfer_params of a running request's step output: read and removed by the front end
 
 
 @dataclass(frozen=True)
@@ -22,10 +24,16 @@ POLICY = "memento_policy"  # SamplingParams.extra_args key: this request's polic
 
 
 def request_policy(default: EvictionPolicy, params) -> EvictionPolicy:
-    """The policy of one request: `extra_args["memento_policy"]` (a dict of `EvictionPolicy` fields) or the engine's."""
+    """The policy of one request: `extra_args["memento_policy"]` (a policy name, or a dict of `EvictionPolicy`
+    fields, or that dict as JSON text: what the OpenAI API's `vllm_xargs` can carry) or the engine's."""
     extra = (getattr(params, "extra_args", None) or {}).get(POLICY)
     if extra is None:
         return default
+    if isinstance(extra, str) and extra.lstrip().startswith("{"):
+        try:
+            extra = json.loads(extra)
+        except ValueError as e:
+            raise MementoError(f"extra_args.{POLICY}: not valid JSON ({e})") from e
     if isinstance(extra, str):
         return EvictionPolicy.named(extra)
     try:

@@ -8,13 +8,24 @@ Counters therefore move when requests finish; vLLM's `vllm:kv_cache_usage_perc` 
 
 - `memento:requests_total`, `memento:blocks_total`, `memento:evictions_total`, `memento:evicted_tokens_total`
 - `memento:peak_kv_tokens` (histogram, one observation per request)
+- live, per request (label `request_id`, the engine's id, also in the response's `kv_transfer_params.memento`):
+  `memento:request_kv_tokens` (KV tokens held after the last step) and `memento:request_peak_kv_tokens` (the most
+  held so far). The scheduler sends them with every step's output of a running request; the front end sets the
+  gauges and removes them from the output, so clients never see them. A finished request's gauges hold its final
+  values until `KEEP_FINISHED` newer requests have finished (a poller reads them after the request ends).
 """
 
 from __future__ import annotations
 
+from collections import deque
+
 from vllm.v1.metrics.loggers import StatLoggerBase
 
+from memento.engine.vllm.config import LIVE
+
 _metrics: dict | None = None
+_finished: deque = deque()
+KEEP_FINISHED = 1024
 
 
 class MementoMetrics(StatLoggerBase):
@@ -53,20 +64,42 @@ def _install(model_name) -> None:
             labels,
             buckets=[2**k for k in range(6, 18)],
         ).labels(str(name)),
+        "name": str(name),
+        "held": prometheus_client.Gauge(
+            "memento:request_kv_tokens", "KV tokens a request holds now.", [*labels, "request_id"]
+        ),
+        "peak": prometheus_client.Gauge(
+            "memento:request_peak_kv_tokens", "Most KV tokens a request has held so far.", [*labels, "request_id"]
+        ),
     }
     original = OutputProcessor.process_outputs
 
     def process_outputs(self, engine_core_outputs, *args, **kwargs):
         for output in engine_core_outputs:
-            stats = (output.kv_transfer_params or {}).get("memento") if output.finish_reason is not None else None
-            if stats:
-                _observe(stats)
+            params = output.kv_transfer_params or {}
+            if LIVE in params:
+                live = params[LIVE]
+                output.kv_transfer_params = None  # for the gauges only
+                _gauge(output.request_id, live["held"], live["peak"])
+            elif output.finish_reason is not None and params.get("memento"):
+                _observe(output.request_id, params["memento"])
         return original(self, engine_core_outputs, *args, **kwargs)
 
     OutputProcessor.process_outputs = process_outputs
 
 
-def _observe(stats: dict) -> None:
+def _gauge(request_id: str, held: int, peak: int) -> None:
+    _metrics["held"].labels(_metrics["name"], request_id).set(held)
+    _metrics["peak"].labels(_metrics["name"], request_id).set(peak)
+
+
+def _observe(request_id: str, stats: dict) -> None:
+    _gauge(request_id, stats["final_kv_tokens"], stats["peak_kv_tokens"])
+    _finished.append(request_id)
+    while len(_finished) > KEEP_FINISHED:
+        old = _finished.popleft()
+        for gauge in (_metrics["held"], _metrics["peak"]):
+            gauge.remove(_metrics["name"], old)
     _metrics["requests"].inc()
     _metrics["blocks"].inc(stats["blocks"])
     _metrics["evictions"].inc(stats["evictions"])

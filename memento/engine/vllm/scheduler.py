@@ -25,7 +25,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 
 from memento.core.errors import MementoError
 from memento.engine.reference import Row
-from memento.engine.vllm.config import request_policy, settings
+from memento.engine.vllm.config import LIVE, request_policy, settings
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class Track:
             "peak_kv_tokens": self.peak,
             "final_kv_tokens": self.held,
             "preemptions": request.num_preemptions,
+            "request_id": request.request_id,  # the label of its live gauges on /metrics
         }
 
     @property
@@ -199,6 +200,11 @@ class MementoScheduler(Scheduler):
             request = self.requests.get(rid)
             if request is not None:
                 self._label(request)
+        for batch in outputs.values():  # what each running request holds now, for the live gauges of /metrics
+            for output in batch.outputs:
+                track = self.tracks.get(output.request_id)
+                if output.finish_reason is None and output.kv_transfer_params is None and track is not None:
+                    output.kv_transfer_params = {LIVE: {"held": track.held, "peak": track.peak}}
         return outputs
 
     def _free_request(self, request, *args, **kwargs):
