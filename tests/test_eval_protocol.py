@@ -150,6 +150,8 @@ def test_comp_math_is_the_unweighted_mean_of_the_competitions_with_their_standar
 def test_the_report_states_the_protocol_departures_comp_math_and_the_vote_plot(tmp_path):
     summaries = [_summary("aime25", [1, 1, 0, 0.5]), _summary("hmmt_feb25", [0.25, 0.75]), _summary("gpqa", [0.5])]
     summaries[2]["deviations"] = ["samples per problem 4 (protocol: 2)"]
+    summaries[0]["checkers_disagree"] = 3
+    summaries[1]["live_kv"] = {"requests": 2, "max_relative_difference": 0.0, "missing": 0}
     result = {
         "tasks": ["aime25", "hmmt_feb25", "gpqa"],
         "runs": [{"name": "memento", "model": "/m/memento", "policy": {"keep_last_n_blocks": 0}}],
@@ -168,6 +170,8 @@ def test_the_report_states_the_protocol_departures_comp_math_and_the_vote_plot(t
     assert "| run | model | policy | Comp. Math (2 of 11) | gpqa |" in text
     assert "| memento | memento | keep0 | 56.2 ± " in text  # (62.5 + 50) / 2
     assert "### Competition math" in text and "![maj@k](majority.png)" in text
+    assert "- memento, aime25: math-verify disagrees with the paper's check on 3 samples" in text
+    assert "- memento, hmmt_feb25: live KV on the server's /metrics against the token replay, 2 requests" in text
     json.dumps(result)  # what summary.json holds
 
 

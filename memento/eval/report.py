@@ -411,6 +411,24 @@ def report(result: dict) -> str:
                 f"{s['auc_kv_ktok']:.1f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    checks = []
+    for r in runs:
+        for t in tasks:
+            s = by[r["name"], t]
+            if s.get("checkers_disagree"):
+                checks.append(
+                    f"- {r['name']}, {t}: math-verify disagrees with the paper's check on {s['checkers_disagree']} "
+                    "samples (their records have `math_verify`)."
+                )
+            if live := s.get("live_kv"):
+                worst = live["max_relative_difference"]
+                shown = "-" if worst is None else f"{100 * worst:.2f}%"
+                checks.append(
+                    f"- {r['name']}, {t}: live KV on the server's /metrics against the token replay, "
+                    f"{live['requests']} requests: peaks at most {shown} apart (`kv_live_compare.json`)."
+                )
+    if checks:
+        lines += ["", "## Checks", "", *checks]
     if result["differences"]:
         base = result["differences"][0]["baseline"]
         lines += [
