@@ -52,6 +52,14 @@ CHATML_TEMPLATE = _CHATML.replace("KEEP or ", "")  # drops system prompts (the p
 CHATML_SYSTEM_TEMPLATE = _CHATML.replace("KEEP or ", "true or ")  # keeps them
 
 
+def preset_template(preset, tokenizer) -> str:
+    """The chat template a Memento model of `preset`'s family gets (`memento.core.presets`): Memento ChatML without
+    system prompts, or the tokenizer's own (ChatML keeping system prompts when it ships none)."""
+    if preset.chat_template == "native":
+        return tokenizer.chat_template or CHATML_SYSTEM_TEMPLATE
+    return CHATML_TEMPLATE
+
+
 def add_memento_tokens(tokenizer, chat_template: str | None = CHATML_TEMPLATE) -> list[str]:
     """Add the Memento special tokens that `tokenizer` lacks and set its chat template; return those added."""
     missing = [t for t, i in zip(SPECIAL_TOKENS, token_ids(tokenizer, SPECIAL_TOKENS), strict=True) if i is None]

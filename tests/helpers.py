@@ -38,9 +38,10 @@ def small_trace(n_blocks: int = 3) -> Trace:
 
 
 def tiny_model(vocab: int, arch: str = "llama", attention: str = "sdpa", hidden: int = 64):
-    """A random 2-layer model (4 heads of hidden/4 dims, 2 KV heads, MLP 2 x hidden) in eval mode, seeded."""
+    """A random 2-layer model (4 heads of hidden/4 dims, 2 KV heads, MLP 2 x hidden) in eval mode, seeded: `arch`
+    llama, qwen3 or phi3."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
     common = dict(
@@ -54,4 +55,6 @@ def tiny_model(vocab: int, arch: str = "llama", attention: str = "sdpa", hidden:
     )
     if arch == "qwen3":
         return Qwen3ForCausalLM(Qwen3Config(**common, head_dim=hidden // 4)).eval()
+    if arch == "phi3":  # Phi-4-reasoning's architecture: fused QKV and gate-up projections
+        return Phi3ForCausalLM(Phi3Config(**common, pad_token_id=0)).eval()
     return LlamaForCausalLM(LlamaConfig(**common)).eval()

@@ -2,7 +2,7 @@
 
 For a trace, the logits of one forward under the Memento mask must equal, at every position, those of the reference
 engine teacher-forcing the same tokens while it frees finished blocks' KV (original position ids kept), <= 1e-4 in
-fp32. Checked on random tiny Qwen3 and Llama models and on the real SmolLM2-135M.
+fp32. Checked on random tiny Qwen3, Phi-3/Phi-4 (`Phi3ForCausalLM`) and Llama models and on the real SmolLM2-135M.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def tokenizer(smollm2_dir):
     return load_tokenizer(str(smollm2_dir))
 
 
-@pytest.fixture(scope="module", params=["qwen3", "llama", "llama-eager"])
+@pytest.fixture(scope="module", params=["qwen3", "phi3", "llama", "llama-eager"])
 def tiny_model(request, tokenizer):
     """sdpa models, and one with eager attention (which must get an additive mask, not a boolean one)."""
     arch, _, attention = request.param.partition("-")

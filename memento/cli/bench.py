@@ -37,7 +37,7 @@ def throughput(
         str, typer.Option(help="Model dtype in vLLM; auto: bfloat16 where this CPU/GPU runs it natively, else float32.")
     ] = "auto",
     policy: options.Policy = "keep0",
-    mask_delimiters: options.MaskDelimiters = False,
+    mask_delimiters: options.MaskDelimiters = None,
     keep_last_block_for_answer: options.KeepLastBlock = False,
     restart: options.Restart = False,
     out_dir: Annotated[Path, typer.Option("--out", help="Where throughput.md, .json, .png go.")] = Path("bench-out"),
@@ -59,10 +59,10 @@ def throughput(
 
     if requests < 1:
         raise MementoError(f"--requests {requests}: need at least one request")
-    pol = options.policy(policy, mask_delimiters, keep_last_block_for_answer, restart, None, None)
+    model = model or str(smollm2_memento_dir())
+    pol = options.policy(policy, mask_delimiters, keep_last_block_for_answer, restart, None, None, model)
     if not pol.evicts:
         raise MementoError(f"--policy {policy} never evicts: the comparison needs a Memento policy (keep0, keepN)")
-    model = model or str(smollm2_memento_dir())
     work = bench.workload(AutoTokenizer.from_pretrained(model), read_traces(traces), requests, scale, traces.name)
     result = bench.compare(
         model,

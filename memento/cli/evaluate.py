@@ -68,7 +68,7 @@ def evaluate(
     ] = None,
     device: Annotated[str | None, typer.Option(help="Reference engine: cpu, cuda, cuda:1 [default: cuda?].")] = None,
     policy: options.Policy = "keep0",
-    mask_delimiters: options.MaskDelimiters = False,
+    mask_delimiters: options.MaskDelimiters = None,
     keep_last_block_for_answer: options.KeepLastBlock = False,
     restart: options.Restart = False,
     max_block_tokens: options.MaxBlockTokens = None,
@@ -86,13 +86,17 @@ def evaluate(
 
     if (model is None) == (not run):
         raise MementoError("give either --model DIR or one or more --run NAME=DIR[?policy=...]")
-    pol = options.policy(policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks)
+
+    def flags(folder):  # the policy flags, mask_delimiters from `folder`'s family preset unless given
+        flags = (policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks)
+        return options.policy(*flags, folder)
+
     if model is not None:
         from dataclasses import asdict
 
-        runs = [RunSpec(model.resolve().name, str(model.resolve()), asdict(pol))]
+        runs = [RunSpec(model.resolve().name, str(model.resolve()), asdict(flags(model)))]
     else:
-        runs = [parse_run(spec, pol) for spec in run]
+        runs = [parse_run(spec, flags(spec.partition("=")[2].partition("?")[0] or None)) for spec in run]
     common = {
         "protocol": "" if protocol == "none" else protocol,
         "answer_in_open_think": answer_in_open_think,

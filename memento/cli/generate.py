@@ -20,7 +20,7 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="The user message (the chat template is applied).")],
     model: Annotated[Path, typer.Option(help="A Hugging Face model folder with the Memento tokens.")],
     policy: options.Policy = "keep0",
-    mask_delimiters: options.MaskDelimiters = False,
+    mask_delimiters: options.MaskDelimiters = None,
     keep_last_block_for_answer: options.KeepLastBlock = False,
     restart: options.Restart = False,
     max_block_tokens: options.MaxBlockTokens = None,
@@ -46,7 +46,9 @@ def generate(
     from memento.engine.generate import ReferenceEngine
     from memento.engine.sampling import Sampling
 
-    pol = options.policy(policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks)
+    pol = options.policy(
+        policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks, model
+    )
     sampling = Sampling(max_new_tokens, temperature, top_p, top_k, seed, tuple(stop or ()))
     engine = ReferenceEngine.from_pretrained(model, pol, device=device, add_tokens=add_tokens)
     (result,) = engine.generate(prompt, sampling)

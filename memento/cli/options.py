@@ -7,7 +7,14 @@ from typing import Annotated
 import typer
 
 Policy = Annotated[str, typer.Option(help="full, keep0 (evict every block), keep1, or keepN.")]
-MaskDelimiters = Annotated[bool, typer.Option(help="Evict block delimiters with the block.")]
+MaskDelimiters = Annotated[
+    bool | None,
+    typer.Option(
+        "--mask-delimiters/--keep-delimiters",
+        help="Evict block delimiters with the block, or keep them visible [default: the model family's preset].",
+        show_default=False,
+    ),
+]
 KeepLastBlock = Annotated[bool, typer.Option(help="The last block stays visible to the answer.")]
 Restart = Annotated[bool, typer.Option(help="Strict forgetting: recompute mementos without their block.")]
 MaxBlockTokens = Annotated[int | None, typer.Option(help="Force <|block_end|> after this many.")]
@@ -16,14 +23,19 @@ MaxBlocks = Annotated[int | None, typer.Option(help="Force </think> after this m
 
 def policy(
     name: str,
-    mask_delimiters: bool,
+    mask_delimiters: bool | None,
     keep_last_block_for_answer: bool,
     restart: bool,
     max_block_tokens: int | None,
     max_blocks: int | None,
+    model=None,
 ):
+    """The policy the flags name; `mask_delimiters` None: the preset of `model`'s family (`memento.core.presets`),
+    said on stderr."""
     from memento.core.policy import EvictionPolicy
 
+    if mask_delimiters is None:
+        mask_delimiters = name != "full" and preset(model).mask_delimiters
     return EvictionPolicy.named(
         name,
         mask_delimiters=mask_delimiters,
@@ -32,3 +44,14 @@ def policy(
         max_block_tokens=max_block_tokens,
         max_blocks=max_blocks,
     )
+
+
+def preset(model):
+    """The preset of `model` (a folder or hub name; None: the default), said once on stderr."""
+    from memento.cli.app import err
+    from memento.core import presets
+
+    found = presets.for_model(model) if model is not None else presets.DEFAULT
+    if model is not None:
+        err.print(f"{model}: {found.describe()}", style="dim", markup=False)
+    return found

@@ -20,7 +20,7 @@ def serve(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="A model folder (or hub name) whose tokenizer has the Memento tokens.")],
     policy: options.Policy = "keep0",
-    mask_delimiters: options.MaskDelimiters = False,
+    mask_delimiters: options.MaskDelimiters = None,
     keep_last_block_for_answer: options.KeepLastBlock = False,
     restart: options.Restart = False,
     max_block_tokens: options.MaxBlockTokens = None,
@@ -39,7 +39,9 @@ def serve(
     """
     from memento.engine.vllm import environment, require_vllm, serve_flags
 
-    pol = options.policy(policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks)
+    pol = options.policy(
+        policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks, model
+    )
     args = ["--host", host, "--port", str(port), *serve_flags(pol), *ctx.args]
     if print_command:
         typer.echo(shlex.join(["vllm", "serve", str(model), *args]))

@@ -120,9 +120,20 @@ class TrainConfig:
         if self.data.format == "plain" and any(s.mask == "memento" for s in self.stages):
             raise MementoError("data.format plain has no blocks to mask: train it with causal stages only")
 
+    def preset(self):
+        """The model family's preset (`memento.core.presets`), from the model folder's config or `model_config`."""
+        from memento.core import presets
+
+        if self.model == "scratch":
+            return presets.for_model_type((self.model_config or {}).get("model_type"))
+        if self.model == "smollm2":
+            return presets.DEFAULT
+        return presets.for_model(self.model)
+
     def memento_policy(self) -> EvictionPolicy:
+        """The policy of the memento mask: `policy`, with `mask_delimiters` from the family's preset unless given."""
         try:
-            policy = EvictionPolicy(**self.policy)
+            policy = EvictionPolicy(**{"mask_delimiters": self.preset().mask_delimiters, **self.policy})
         except TypeError as e:
             raise MementoError(f"policy: {e}") from None
         if not policy.evicts:

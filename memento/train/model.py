@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from memento.core.errors import MementoError
-from memento.tokenizer import add_memento_tokens, init_memento_embeddings, load_tokenizer
+from memento.tokenizer import add_memento_tokens, init_memento_embeddings, load_tokenizer, preset_template
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,9 @@ def load_model(config, weights: Path | None = None):
     tokenizer = load_tokenizer(
         source if source in ("qwen", "smollm2", "chars") else str(_folder(source)), add_tokens=False
     )
-    added = add_memento_tokens(tokenizer)
+    preset = config.preset()
+    added = add_memento_tokens(tokenizer, chat_template=preset_template(preset, tokenizer))
+    log.info("%s; the memento mask: %s", preset.describe(), config.memento_policy())
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if config.attn_implementation == "memento_sdpa":
