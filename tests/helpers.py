@@ -20,6 +20,8 @@ POLICIES = {
     "keep0-last-block-for-answer": EvictionPolicy(0, keep_last_block_for_answer=True),
     "keep0-restart": EvictionPolicy(0, restart=True),
     "keep1-restart": EvictionPolicy(1, restart=True),
+    "keep0-restart-release": EvictionPolicy(0, restart=True, restart_mode="release"),
+    "keep1-restart-release": EvictionPolicy(1, restart=True, restart_mode="release"),
     "keep0-max-block-tokens": EvictionPolicy(0, max_block_tokens=40),
     "full": EvictionPolicy(-1),
 }

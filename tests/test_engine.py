@@ -20,7 +20,14 @@ from memento.engine.sampling import Sampling
 from memento.synthetic.sums import sums_traces
 
 POLICIES = policies(
-    "keep0", "keep1", "keep0-mask-delimiters", "keep0-last-block-for-answer", "keep0-restart", "keep1-restart"
+    "keep0",
+    "keep1",
+    "keep0-mask-delimiters",
+    "keep0-last-block-for-answer",
+    "keep0-restart",
+    "keep1-restart",
+    "keep0-restart-release",
+    "keep1-restart-release",
 )
 
 

@@ -95,6 +95,10 @@ def test_run_specs():
     limited = EvictionPolicy(0, mask_delimiters=True, max_blocks=3)
     assert describe(parse_run("base=m?policy=full", limited).policy) == "full"  # eviction defaults do not apply
     assert parse_run("k=m?policy=keep2&mask_delimiters=no", default).policy["keep_last_n_blocks"] == 2
+    release = parse_run("r=m?restart=true&restart_mode=release", default).policy
+    assert release["restart_mode"] == "release" and describe(release) == "keep0 + mask delimiters + restart (release)"
+    with pytest.raises(MementoError, match="restart_mode must be one of strict, release"):
+        parse_run("r=m?restart=true&restart_mode=sideways", default)
     for bad, message in (
         ("m", "NAME=MODEL"),
         ("a b=m", "NAME=MODEL"),

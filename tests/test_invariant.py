@@ -11,6 +11,7 @@ import helpers
 import numpy as np
 import pytest
 import torch
+from helpers import POLICIES as POLICIES_ALL
 from helpers import policies, small_trace
 from hypothesis import HealthCheck, given, settings
 from test_format import traces
@@ -114,3 +115,48 @@ def test_restart_equals_forward_where_mementos_cannot_see_their_block(tiny_model
     keys = cache.kv.layers[-1].keys[0][:, slots]
     normal_keys = normal_cache.kv.layers[-1].keys[0][:, slots]
     assert (keys - normal_keys).abs().max() > TOL, "restart recomputed memento 0's KV without its block"
+
+
+@pytest.mark.parametrize("name", ["keep0-restart-release", "keep1-restart-release", "keep0-restart"])
+def test_restart_modes_equal_their_masked_forward_except_the_memento_being_written(tiny_model, tokenizer, name):
+    """Both restart modes: decoding with recomputation = the forward under the mode's mask, except at the queries of
+    each memento whose end evicts a block (sampled while that block was still visible). The release's mode
+    recomputes only that memento, so with keep 1 the block after the evicted one keeps having seen it."""
+    from memento.train.masks import recompute_triggers
+
+    policy = POLICIES_ALL[name]
+    encoded, spans = label_trace(small_trace(4), tokenizer)
+    schedule = torch.from_numpy(eviction_schedule(spans, policy))[None]
+    redo = recompute_triggers([spans], policy, len(encoded.ids))
+    mask = model_mask(tiny_model, schedule, torch.zeros_like(schedule, dtype=torch.bool), True, redo)
+    with torch.no_grad():
+        ids = torch.tensor([encoded.ids])
+        full = tiny_model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(ids.shape[1])[None]).logits[0]
+    incremental, cache = evicted_logits(tiny_model, memento_ids(tokenizer), encoded, policy)
+    evicting = spans.block >= policy.keep_last_n_blocks  # mementos whose end evicts a block
+    kinds = [Kind.SUMMARY_START, Kind.SUMMARY] + ([] if policy.delimiters_go else [Kind.BLOCK_END])
+    writing = np.isin(spans.kind, kinds) & evicting
+    diff = (full - incremental).abs().amax(-1).numpy()
+    assert diff[~writing].max() <= TOL
+    assert diff[writing].min() > TOL, "memento queries were computed while their block was visible"
+    cache.check_integrity()
+    if name == "keep1-restart-release":  # block 1 saw block 0, and keeps that KV: strict mode would recompute it
+        strict = masked_logits(tiny_model, encoded.ids, spans, POLICIES_ALL["keep1-restart"])
+        later = np.flatnonzero(spans.block >= 2)
+        assert (strict - full).abs().amax(-1).numpy()[later].max() > TOL
+
+
+def test_the_two_restart_modes_coincide_with_keep0_and_the_delimiters_evicted(tiny_model, tokenizer):
+    """With keep 0 and mask_delimiters (the demo's restart ablation) both modes recompute exactly the memento."""
+    encoded, _ = label_trace(small_trace(3), tokenizer)
+    special = memento_ids(tokenizer)
+    runs = [
+        evicted_logits(
+            tiny_model, special, encoded, EvictionPolicy(0, mask_delimiters=True, restart=True, restart_mode=m)
+        )
+        for m in ("strict", "release")
+    ]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1].index, runs[1][1].index)
+    kept = evicted_logits(tiny_model, special, encoded, POLICIES_ALL["keep0-restart"])[0]  # strict, delimiters kept
+    release = evicted_logits(tiny_model, special, encoded, POLICIES_ALL["keep0-restart-release"])[0]
+    assert (kept - release).abs().max() > TOL  # the release evicts the delimiters whatever mask_delimiters says

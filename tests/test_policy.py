@@ -15,11 +15,14 @@ from memento.core.policy import NEVER, EvictionPolicy, eviction_schedule, visibl
 from memento.core.spans import Kind
 
 policies = st.builds(
-    EvictionPolicy,
-    keep_last_n_blocks=st.integers(0, 3),
-    mask_delimiters=st.booleans(),
-    keep_last_block_for_answer=st.booleans(),
-    restart=st.booleans(),
+    lambda keep, delimiters, last, restart, release: EvictionPolicy(
+        keep, delimiters, last, restart, "release" if restart and release else "strict"
+    ),
+    st.integers(0, 3),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
 )
 
 
@@ -28,7 +31,8 @@ def oracle_views(ids, spans, special, policy) -> np.ndarray:
     alive = np.zeros(len(ids), bool)
     views = np.zeros((len(ids), len(ids)), bool)
     finished: list[int] = []  # blocks whose memento is closed, oldest first
-    own = [Kind.BLOCK] + ([Kind.BLOCK_START, Kind.BLOCK_END] if policy.mask_delimiters else [])
+    release = policy.restart and policy.restart_mode == "release"  # the release always evicts the delimiters
+    own = [Kind.BLOCK] + ([Kind.BLOCK_START, Kind.BLOCK_END] if policy.mask_delimiters or release else [])
 
     def evict(block: int) -> None:
         alive[(spans.block == block) & np.isin(spans.kind, own)] = False

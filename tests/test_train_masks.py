@@ -17,7 +17,15 @@ from memento.core.errors import MementoError
 from memento.core.policy import EvictionPolicy
 from memento.core.spans import label
 from memento.train.attention import register
-from memento.train.masks import dense_mask, flex_block_mask, mask_mod, model_mask, reference_mask, schedules
+from memento.train.masks import (
+    dense_mask,
+    flex_block_mask,
+    mask_mod,
+    model_mask,
+    recompute_triggers,
+    reference_mask,
+    schedules,
+)
 
 
 def padded_batch(tokenizer, batch, policy):
@@ -39,9 +47,10 @@ def padded_batch(tokenizer, batch, policy):
 def test_dense_and_flex_masks_equal_the_reference(qwen, batch, policy):
     ids, spans, schedule, pad = padded_batch(qwen, batch, policy)
     special = memento_ids(qwen)
-    dense = dense_mask(schedule, pad, policy.restart)
     b, n = ids.shape
-    flex = create_mask(mask_mod(schedule, pad, policy.restart), b, None, n, n, "cpu")
+    redo = recompute_triggers(spans, policy, n)  # the release's restart mode, else None
+    dense = dense_mask(schedule, pad, policy.restart, redo)
+    flex = create_mask(mask_mod(schedule, pad, policy.restart, redo), b, None, n, n, "cpu")
     for row in range(b):
         ref = reference_mask(ids[row], spans[row], special.summary_end, special.block_start, policy)
         np.testing.assert_array_equal(dense[row, 0].numpy(), ref, err_msg=f"row {row}")

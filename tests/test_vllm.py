@@ -30,6 +30,7 @@ POLICIES = policies(
     "keep0-last-block-for-answer",
     "keep0-mask-delimiters",
     "keep0-restart",
+    "keep1-restart-release",
     "keep0-max-block-tokens",
     "full",
 )

@@ -71,6 +71,7 @@ def evaluate(
     mask_delimiters: options.MaskDelimiters = None,
     keep_last_block_for_answer: options.KeepLastBlock = False,
     restart: options.Restart = False,
+    restart_mode: options.RestartMode = "strict",
     max_block_tokens: options.MaxBlockTokens = None,
     max_blocks: options.MaxBlocks = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -89,7 +90,7 @@ def evaluate(
 
     def flags(folder):  # the policy flags, mask_delimiters from `folder`'s family preset unless given
         flags = (policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks)
-        return options.policy(*flags, folder)
+        return options.policy(*flags, folder, restart_mode)
 
     if model is not None:
         from dataclasses import asdict

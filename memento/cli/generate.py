@@ -23,6 +23,7 @@ def generate(
     mask_delimiters: options.MaskDelimiters = None,
     keep_last_block_for_answer: options.KeepLastBlock = False,
     restart: options.Restart = False,
+    restart_mode: options.RestartMode = "strict",
     max_block_tokens: options.MaxBlockTokens = None,
     max_blocks: options.MaxBlocks = None,
     max_new_tokens: Annotated[int, typer.Option(help="Generation length limit.")] = 1024,
@@ -47,7 +48,7 @@ def generate(
     from memento.engine.sampling import Sampling
 
     pol = options.policy(
-        policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks, model
+        policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks, model, restart_mode
     )
     sampling = Sampling(max_new_tokens, temperature, top_p, top_k, seed, tuple(stop or ()))
     engine = ReferenceEngine.from_pretrained(model, pol, device=device, add_tokens=add_tokens)

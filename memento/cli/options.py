@@ -17,6 +17,13 @@ MaskDelimiters = Annotated[
 ]
 KeepLastBlock = Annotated[bool, typer.Option(help="The last block stays visible to the answer.")]
 Restart = Annotated[bool, typer.Option(help="Strict forgetting: recompute mementos without their block.")]
+RestartMode = Annotated[
+    str,
+    typer.Option(
+        help="With --restart: strict (recompute every token after the block) or release (the paper's release: the "
+        "newest memento only, delimiters always evicted)."
+    ),
+]
 MaxBlockTokens = Annotated[int | None, typer.Option(help="Force <|block_end|> after this many.")]
 MaxBlocks = Annotated[int | None, typer.Option(help="Force </think> after this many blocks.")]
 
@@ -29,6 +36,7 @@ def policy(
     max_block_tokens: int | None,
     max_blocks: int | None,
     model=None,
+    restart_mode: str = "strict",
 ):
     """The policy the flags name; `mask_delimiters` None: the preset of `model`'s family (`memento.core.presets`),
     said on stderr."""
@@ -41,6 +49,7 @@ def policy(
         mask_delimiters=mask_delimiters,
         keep_last_block_for_answer=keep_last_block_for_answer,
         restart=restart,
+        restart_mode=restart_mode,
         max_block_tokens=max_block_tokens,
         max_blocks=max_blocks,
     )

@@ -23,6 +23,7 @@ def serve(
     mask_delimiters: options.MaskDelimiters = None,
     keep_last_block_for_answer: options.KeepLastBlock = False,
     restart: options.Restart = False,
+    restart_mode: options.RestartMode = "strict",
     max_block_tokens: options.MaxBlockTokens = None,
     max_blocks: options.MaxBlocks = None,
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 opens the server to the network.")] = "127.0.0.1",
@@ -40,7 +41,7 @@ def serve(
     from memento.engine.vllm import environment, require_vllm, serve_flags
 
     pol = options.policy(
-        policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks, model
+        policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks, model, restart_mode
     )
     args = ["--host", host, "--port", str(port), *serve_flags(pol), *ctx.args]
     if print_command:

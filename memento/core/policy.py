@@ -13,8 +13,14 @@ Rules (keep_last_n_blocks = N >= 0):
 - `keep_last_block_for_answer` (N = 0): the last block stays visible to `</think>` and the answer. Which block is
   last is only known when `</think>` is sampled, so block i is evicted when the next `<|block_start|>` is sampled
   instead of at its own `<|summary_end|>`. With N >= 1 the last N blocks survive anyway.
-- `restart` evicts on the same schedule and, in addition, recomputes each memento's KV without its block (the
-  engines and masks read the flag); the KV occupancy is the same.
+- `restart` evicts on the same schedule and, in addition, recomputes KV without the evicted block (the engines and
+  masks read the flag); the KV occupancy is the same. Two modes:
+  - `restart_mode="strict"` (ours): every surviving token fed after the block is recomputed, so no retained KV was
+    computed while the block was visible; delimiters follow `mask_delimiters`.
+  - `restart_mode="release"` (the paper's release): both block delimiters always go with the block, and only the
+    newest memento is recomputed (from its `<|summary_start|>` up to the trigger); with keep N > 0 the blocks and
+    mementos between keep the KV they computed while the evicted block was visible. The paper's -15.3 points for
+    restart were measured this way. `recompute_from` gives where each mode starts.
 - `max_block_tokens` / `max_blocks` steer generation (force `<|block_end|>` / `</think>`), not eviction.
 """
 
@@ -29,6 +35,7 @@ from memento.core.errors import MementoError
 from memento.core.spans import Kind, MementoIds, Spans
 
 NEVER = np.iinfo(np.int64).max  # "not evicted within this sequence"
+RESTART_MODES = ("strict", "release")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +44,7 @@ class EvictionPolicy:
     mask_delimiters: bool = False
     keep_last_block_for_answer: bool = False
     restart: bool = False
+    restart_mode: str = "strict"  # strict (ours) | release (the paper's release); read only with restart
     max_block_tokens: int | None = None
     max_blocks: int | None = None
 
@@ -48,6 +56,10 @@ class EvictionPolicy:
             for flag in ("mask_delimiters", "keep_last_block_for_answer", "restart"):
                 if getattr(self, flag):
                     raise MementoError(f"{flag} needs eviction, but keep_last_n_blocks is -1 (no eviction)")
+        if self.restart_mode not in RESTART_MODES:
+            raise MementoError(f"restart_mode must be one of {', '.join(RESTART_MODES)}, got '{self.restart_mode}'")
+        if self.restart_mode != "strict" and not self.restart:
+            raise MementoError(f"restart_mode {self.restart_mode} needs restart")
         for name in ("max_block_tokens", "max_blocks"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -56,6 +68,27 @@ class EvictionPolicy:
     @property
     def evicts(self) -> bool:
         return self.keep_last_n_blocks >= 0
+
+    @property
+    def delimiters_go(self) -> bool:
+        """Whether a block's delimiters are evicted with it (`mask_delimiters`, or the release's restart mode)."""
+        return self.mask_delimiters or (self.restart and self.restart_mode == "release")
+
+    @property
+    def owned(self) -> tuple[Kind, ...]:
+        """The kinds of a block's tokens that its eviction frees."""
+        return (Kind.BLOCK, Kind.BLOCK_START, Kind.BLOCK_END) if self.delimiters_go else (Kind.BLOCK,)
+
+    def recompute_from(self, kinds, trigger: int, first_gone: int) -> int | None:
+        """Restart mode: the first sequence index whose KV is recomputed when an eviction triggers at `trigger`
+        (`first_gone`: the first evicted index); None without restart. `kinds`: the labels of the tokens so far.
+        Strict: everything after the block's first token; release: from the newest `<|summary_start|>`."""
+        if not self.restart:
+            return None
+        if self.restart_mode == "strict":
+            return first_gone + 1
+        starts = [i for i in range(trigger - 1, -1, -1) if kinds[i] == Kind.SUMMARY_START]
+        return starts[0] if starts else trigger
 
     @classmethod
     def named(cls, name: str, **flags) -> EvictionPolicy:
@@ -80,9 +113,7 @@ def eviction_schedule(spans: Spans, policy: EvictionPolicy) -> np.ndarray:
         triggers[: n - 1] = spans.first(Kind.BLOCK_START)[1:]
     else:
         triggers[: max(n - keep, 0)] = spans.first(Kind.SUMMARY_END)[keep:]
-    evictable = spans.kind == Kind.BLOCK
-    if policy.mask_delimiters:
-        evictable |= (spans.kind == Kind.BLOCK_START) | (spans.kind == Kind.BLOCK_END)
+    evictable = np.isin(spans.kind, policy.owned)
     idx = np.flatnonzero(evictable)
     when = triggers[spans.block[idx]]
     out[idx[when >= 0]] = when[when >= 0]
@@ -109,7 +140,7 @@ class EvictionTracker:
         self.special = special
         self.finished: list[int] = []  # blocks whose memento is closed, oldest first
         self.deferred = policy.keep_last_n_blocks == 0 and policy.keep_last_block_for_answer
-        self.owned = (Kind.BLOCK, Kind.BLOCK_START, Kind.BLOCK_END) if policy.mask_delimiters else (Kind.BLOCK,)
+        self.owned = policy.owned
 
     def on_token(self, token: int, kind: Kind, block: int) -> int | None:
         """The block to evict before feeding `token`, labelled (kind, block), or None."""

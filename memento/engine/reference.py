@@ -2,9 +2,9 @@
 
 While tokens are produced (sampled, or forced in teacher forcing), each row's `Labeller` labels them and an
 `EvictionTracker` says when a block's KV must go; the block's slots are freed *before* the triggering token is fed
-(so `<|summary_end|>` does not see its block) and the cache is compacted. In restart mode (strict forgetting) every
-surviving token fed after the first evicted one is then recomputed over what survives, so no retained KV was
-computed while the block was visible; those tokens are fed again in the same forward as the row's next token.
+(so `<|summary_end|>` does not see its block) and the cache is compacted. In restart mode the tokens that saw the
+block are then recomputed over what survives (strict: every surviving token fed after it; the release's mode: the
+newest memento only); they are fed again in the same forward as the row's next token.
 
 This file holds the mechanics shared by teacher forcing and generation; `batch.py` adds sampling, stopping, refill
 and statistics on top (token ids only), `generate.py` the chat template and the text.
@@ -126,18 +126,20 @@ class Decoder:
             self.cache.compact()
 
     def evict(self, slot: int, block: int) -> list[int]:
-        """Free the row's `block`. Restart mode also frees every surviving token fed after the block's first token and
-        returns their indices: `push` feeds them again, in order and before the row's new token, so their KV is
-        recomputed over what survives (one forward for the whole batch, not one per eviction)."""
+        """Free the row's `block`. Restart mode also frees the surviving tokens to recompute (strict: every one fed
+        after the block's first token; release: the newest memento's, `EvictionPolicy.recompute_from`) and returns
+        their indices: `push` feeds them again, in order and before the row's new token, so their KV is recomputed
+        over what survives (one forward for the whole batch, not one per eviction)."""
         row = self.rows[slot]
         gone = row.block_tokens(block)
         freed = self.cache.free(slot, gone)
         row.evicted_tokens += freed
         row.evictions += 1
-        if not (self.policy.restart and freed):
+        fed = len(row.ids) - 1  # the newest token (the trigger) is not fed yet
+        start = self.policy.recompute_from(row.kind, fed, int(gone.min())) if freed else None
+        if start is None:
             return []
-        after, fed = int(gone.min()), len(row.ids) - 1  # the newest token is not fed yet
-        redo = sorted(int(i) for i in self.cache.index[slot].tolist() if after < i < fed)
+        redo = sorted(int(i) for i in self.cache.index[slot].tolist() if start <= i < fed)
         if redo:
             self.cache.free(slot, torch.tensor(redo))
         return redo

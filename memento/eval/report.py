@@ -43,7 +43,7 @@ class RunSpec:
 
 
 def parse_run(spec: str, default: EvictionPolicy) -> RunSpec:
-    """`NAME=MODEL[?policy=keep0&restart=true&mask_delimiters=true&max_block_tokens=N&...]`."""
+    """`NAME=MODEL[?policy=keep0&restart=true&restart_mode=release&mask_delimiters=true&max_block_tokens=N&...]`."""
     name, eq, rest = spec.partition("=")
     model, _, query = rest.partition("?")
     if not eq or not re.fullmatch(r"[\w.-]+", name) or not model:
@@ -57,7 +57,7 @@ def parse_run(spec: str, default: EvictionPolicy) -> RunSpec:
         if key == "policy":
             options["keep_last_n_blocks"] = EvictionPolicy.named(value).keep_last_n_blocks
             if options["keep_last_n_blocks"] < 0:  # full attention: the defaults' eviction options do not apply
-                options.update(dict.fromkeys(FLAGS, False), **dict.fromkeys(NUMBERS))
+                options.update(dict.fromkeys(FLAGS, False), **dict.fromkeys(NUMBERS), restart_mode="strict")
     for key, value in pairs:
         if key == "policy":
             continue
@@ -65,12 +65,15 @@ def parse_run(spec: str, default: EvictionPolicy) -> RunSpec:
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise MementoError(f"--run {spec!r}: {key}={value!r} is not a yes/no value")
             options[key] = value.lower() in ("true", "1", "yes")
+        elif key == "restart_mode":
+            options[key] = value
         elif key in NUMBERS:
             if not value.isdigit():
                 raise MementoError(f"--run {spec!r}: {key}={value!r} is not a positive integer")
             options[key] = int(value)
         else:
-            raise MementoError(f"--run {spec!r}: unknown option {key!r}; use policy, {', '.join(FLAGS + NUMBERS)}")
+            known = ", ".join((*FLAGS, "restart_mode", *NUMBERS))
+            raise MementoError(f"--run {spec!r}: unknown option {key!r}; use policy, {known}")
     try:
         policy = EvictionPolicy(**options)
     except MementoError as e:
@@ -94,6 +97,8 @@ def describe(policy: dict) -> str:
     keep = policy["keep_last_n_blocks"]
     parts = ["full" if keep < 0 else f"keep{keep}"]
     parts += [f.replace("_", " ") for f in FLAGS if policy.get(f)]
+    if policy.get("restart") and policy.get("restart_mode", "strict") != "strict":
+        parts[-1] += f" ({policy['restart_mode']})"
     parts += [f"{n.replace('_', ' ')} {policy[n]}" for n in NUMBERS if policy.get(n)]
     return " + ".join(parts)
 

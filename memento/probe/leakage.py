@@ -54,7 +54,8 @@ def memento_features(model, tokenizer, traces: list[Trace], policy: EvictionPoli
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         batch = collate(chunk)
-        mask = model_mask(model, batch["schedule"].to(device), batch["pad"].to(device), policy.restart)
+        redo = batch["redo"].to(device) if "redo" in batch else None
+        mask = model_mask(model, batch["schedule"].to(device), batch["pad"].to(device), policy.restart, redo)
         result = model(
             input_ids=batch["input_ids"].to(device),
             attention_mask=mask,

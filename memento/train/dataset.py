@@ -27,7 +27,7 @@ from memento.core.format import Trace
 from memento.core.policy import EvictionPolicy
 from memento.core.rows import iter_traces
 from memento.core.spans import Kind, Spans, label
-from memento.train.masks import schedules
+from memento.train.masks import recompute_triggers, schedules
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +122,14 @@ class Collator:
             labels[row, e.completion_start : t] = ids[row, e.completion_start : t]
             kind[row, :t] = torch.from_numpy(e.spans.kind.astype(np.int64))
             attention[row, :t] = 1
+        spans = [e.spans for e in examples]
+        redo = recompute_triggers(spans, self.policy, n)  # the release's restart mode only
         return {
             "input_ids": ids,
             "labels": labels,
             "attention_mask": attention,
             "position_ids": torch.arange(n).expand(b, n).clone(),
             "kind": kind,
-            "schedule": schedules([e.spans for e in examples], self.policy, n),
+            "schedule": schedules(spans, self.policy, n),
             "pad": attention == 0,
-        }
+        } | ({} if redo is None else {"redo": redo})

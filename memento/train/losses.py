@@ -38,7 +38,8 @@ def token_losses(model, batch: dict, mask: str, restart: bool, device) -> tuple[
     if mask == "causal":
         attention = batch["attention_mask"].to(device)
     else:
-        attention = model_mask(_unwrap(model), batch["schedule"].to(device), batch["pad"].to(device), restart)
+        redo = batch["redo"].to(device) if "redo" in batch else None  # the release's restart mode
+        attention = model_mask(_unwrap(model), batch["schedule"].to(device), batch["pad"].to(device), restart, redo)
     logits = model(input_ids=ids, attention_mask=attention, position_ids=batch["position_ids"].to(device)).logits
     labels = batch["labels"][:, 1:].to(device)
     losses = torch.nn.functional.cross_entropy(

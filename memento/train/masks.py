@@ -9,11 +9,13 @@ sees it), so training sees exactly what the engines leave in the cache:
   short sequences; long ones want the FlexAttention form.
 - `flex_block_mask`: a FlexAttention `BlockMask` (CUDA only: FlexAttention's backward does not run on CPU).
 
-Restart mode (strict forgetting) changes what the *cache* holds after an eviction: every surviving token that saw
-an evicted one is recomputed without it. As a mask: a query never sees a key that is evicted before the query
-itself is, i.e. `schedule[k] >= schedule[q]`. With keep_last_n_blocks = 0 this is "memento tokens (and the
-retained `<|block_end|>`) cannot see their block"; a forward under it equals restart decoding at every position
-except the queries of the memento being written, which were sampled while their block was still there.
+Restart mode changes what the *cache* holds after an eviction: tokens that saw the evicted block are recomputed
+without it. Strict (ours): every surviving token fed after the block is; as a mask, a query never sees a key that is
+evicted before the query itself is, i.e. `schedule[k] >= schedule[q]`. Release (the paper's release): only the
+newest memento is; as a mask, a query recomputed at trigger t (`redo[q] = t`, `recompute_triggers`) does not see
+the keys evicted at t. With keep_last_n_blocks = 0 both are "memento tokens cannot see their block"; a forward
+under either equals restart decoding at every position except the queries of the memento being written, which
+were sampled while their block was still there.
 
 Padding: padded keys are never seen; padded queries see only themselves (an all-False row would make SDPA return
 NaN). Their labels are -100, so they never reach the loss.
@@ -42,13 +44,16 @@ def reference_mask(ids, spans: Spans, summary_end: int, block_start: int, policy
     alive = np.zeros(n, bool)
     views = np.zeros((n, n), bool)
     finished: list[int] = []
-    own = [Kind.BLOCK] + ([Kind.BLOCK_START, Kind.BLOCK_END] if policy.mask_delimiters else [])
+    own = list(policy.owned)
     deferred = policy.keep_last_n_blocks == 0 and policy.keep_last_block_for_answer
 
     def evict(block: int, now: int) -> None:
-        alive[(spans.block == block) & np.isin(spans.kind, own)] = False
-        if policy.restart:
+        gone = (spans.block == block) & np.isin(spans.kind, own)
+        alive[gone] = False
+        start = policy.recompute_from(spans.kind, now, int(np.flatnonzero(gone).min())) if gone.any() else None
+        if start is not None:
             survivors = np.flatnonzero(alive[:now])
+            survivors = survivors[survivors >= start]
             views[survivors] &= alive[None, :]
 
     for t in range(n):
@@ -79,44 +84,64 @@ def schedules(spans: list[Spans], policy: EvictionPolicy | None, length: int) ->
     return out
 
 
-def dense_mask(schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False) -> torch.Tensor:
-    """(B, 1, T, T) bool, True = attend. `schedule`: (B, T) int64; `pad`: (B, T) bool, True at padding."""
+def recompute_triggers(spans: list[Spans], policy: EvictionPolicy | None, length: int) -> torch.Tensor | None:
+    """(B, T) int64 for the release's restart mode: the trigger at which each token's KV is recomputed (-1: never),
+    right-padded to `length`; None for any other policy (strict restart needs only the schedule)."""
+    if policy is None or not policy.restart or policy.restart_mode != "release":
+        return None
+    out = torch.full((len(spans), length), -1, dtype=torch.int64)
+    for row, s in enumerate(spans):
+        schedule = eviction_schedule(s, policy)
+        for trigger in np.unique(schedule[schedule != NEVER]).tolist():
+            first = int(np.flatnonzero(schedule == trigger).min())
+            out[row, policy.recompute_from(s.kind, trigger, first) : trigger] = trigger
+    return out
+
+
+def dense_mask(
+    schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False, redo: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, 1, T, T) bool, True = attend. `schedule`: (B, T) int64; `pad`: (B, T) bool, True at padding; `redo`:
+    the release's restart mode (`recompute_triggers`), else strict restart when `restart`."""
     n = schedule.shape[1]
     pos = torch.arange(n, device=schedule.device)
     q = pos[None, :, None]  # (1, T, 1)
     k = pos[None, None, :]  # (1, 1, T)
     sk = schedule[:, None, :]  # (B, 1, T): per key
     mask = (k <= q) & (q < sk) & ~pad[:, None, :] & ~pad[:, :, None]
-    if restart:
+    if restart and redo is not None:
+        mask &= sk != redo[:, :, None]
+    elif restart:
         mask &= sk >= schedule[:, :, None]
     mask |= (q == k) & pad[:, :, None]
     return mask[:, None]
 
 
-def flex_block_mask(schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False, block_size: int = 128):
+def flex_block_mask(schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False, redo=None, block_size: int = 128):
     """A FlexAttention `BlockMask` of the same rule as `dense_mask` (needs CUDA for training)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     b, n = schedule.shape
-    return create_block_mask(
-        mask_mod(schedule, pad, restart), B=b, H=None, Q_LEN=n, KV_LEN=n, device=schedule.device, BLOCK_SIZE=block_size
-    )
+    rule = mask_mod(schedule, pad, restart, redo)
+    return create_block_mask(rule, B=b, H=None, Q_LEN=n, KV_LEN=n, device=schedule.device, BLOCK_SIZE=block_size)
 
 
-def mask_mod(schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False):
+def mask_mod(schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False, redo: torch.Tensor | None = None):
     """The FlexAttention `mask_mod(b, h, q, k)` of the Memento rule (usable with `create_mask` on any device)."""
 
     def rule(b, h, q, k):
         sk = schedule[b, k]
         seen = (k <= q) & (q < sk) & ~pad[b, k] & ~pad[b, q]
-        if restart:
+        if restart and redo is not None:
+            seen = seen & (sk != redo[b, q])
+        elif restart:
             seen = seen & (sk >= schedule[b, q])
         return seen | ((q == k) & pad[b, q])
 
     return rule
 
 
-def model_mask(model, schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False):
+def model_mask(model, schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False, redo=None):
     """The Memento mask in the form `model`'s attention implementation reads correctly, or a clear error.
 
     flex_attention gets a BlockMask and is refused on CPU, where its backward does not run; sdpa and eager get the
@@ -127,5 +152,5 @@ def model_mask(model, schedule: torch.Tensor, pad: torch.Tensor, restart: bool =
             raise MementoError(
                 "flex_attention needs CUDA (its backward does not run on CPU); use attn_implementation=sdpa"
             )
-        return flex_block_mask(schedule, pad, restart)
-    return for_model(model, dense_mask(schedule, pad, restart))
+        return flex_block_mask(schedule, pad, restart, redo)
+    return for_model(model, dense_mask(schedule, pad, restart, redo))

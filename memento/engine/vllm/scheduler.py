@@ -124,7 +124,8 @@ class MementoScheduler(Scheduler):
             gone = row.block_tokens(block).numpy()
             if not len(gone):
                 continue
-            redo = int(gone.max()) + 1 if row.tracker.policy.restart and int(gone.max()) + 1 < t else None
+            start = row.tracker.policy.recompute_from(row.kind, t, int(gone.min()))
+            redo = None if start is None or start >= t else max(start, int(gone.max()) + 1)
             track.events.append(Eviction(trigger=t, gone=gone, redo_from=redo))
 
     def _apply(self, request, track: Track) -> None:
