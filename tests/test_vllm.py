@@ -262,3 +262,48 @@ def test_environment_keeps_what_the_user_set(monkeypatch):
     assert environment(cpu_kv_gib=5) == {"VLLM_USE_V2_MODEL_RUNNER": "0", "VLLM_CPU_KVCACHE_SPACE": "3"}
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE")
     assert environment(cpu_kv_gib=5)["VLLM_CPU_KVCACHE_SPACE"] == "5"
+
+
+FAMILY_POLICIES = ["keep0", "keep1", "keep0-mask-delimiters", "keep1-restart-release"]
+
+
+@pytest.fixture(scope="module", params=["qwen3", "phi3"])
+def family(request, tmp_path_factory):
+    """A random tiny model of a paper family's architecture (Qwen3; Phi3ForCausalLM, Phi-4-reasoning's) with the
+    character tokenizer, teacher-forced through a toy Memento trace by the reference engine, then by vLLM."""
+    from helpers import POLICIES as ALL
+    from helpers import tiny_model
+
+    from memento.synthetic.sums import sums_traces
+    from memento.tokenizer import char_tokenizer
+
+    tokenizer = char_tokenizer()
+    model = tiny_model(len(tokenizer), request.param, hidden=128)  # head_dim 32: vLLM's CPU kernels take it
+    folder = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    trace = sums_traces(1, seed=4, blocks=(4, 4))[0]
+    encoded = encode_chat(tokenizer, trace.problem, render(trace))
+    force = encoded.ids[encoded.completion_start :]
+    expected = {
+        name: ReferenceEngine(model, tokenizer, ALL[name]).generate(trace.problem, force=[force], return_logits=True)[0]
+        for name in FAMILY_POLICIES
+    }
+    llm = start(folder, tmp_path_factory, max_model_len=1024)
+    try:
+        n = len(FAMILY_POLICIES)
+        prompt = encoded.ids[: encoded.completion_start]
+        got, stats = vllm_generate(llm, [prompt] * n, [ALL[k] for k in FAMILY_POLICIES], 0, force=[force] * n)
+    finally:
+        stop(llm)
+    return request.param, force, expected, dict(zip(FAMILY_POLICIES, zip(got, stats, strict=True), strict=True))
+
+
+@pytest.mark.parametrize("name", FAMILY_POLICIES)
+def test_vllm_equals_the_reference_engine_on_each_family(family, name):
+    arch, force, expected, got = family
+    completion, stats = got[name]
+    assert list(completion.token_ids) == force == expected[name].ids
+    assert expected[name].stats.evictions >= 3, arch
+    assert stats["memento"]["peak_kv_tokens"] == expected[name].stats.peak_kv_tokens, arch
+    assert float((logprobs(completion) - reference_logprobs(expected[name])).abs().max()) < 2e-3, arch
