@@ -99,3 +99,47 @@ def test_model_mask_matches_each_attention_implementation(smollm2_dir):
         model_mask(LlamaForCausalLM(config), schedule, pad)
     block = flex_block_mask(schedule, pad)
     assert block.shape == (1, 1, 4, 4)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "memento_sdpa"])
+def test_sliding_window_layers_get_the_memento_mask_within_their_window(attention):
+    """A hybrid model (OLMo-3's layout: sliding-window and full layers) gets one mask per layer type. With nothing
+    evicted they are exactly what transformers builds itself; with eviction, the sliding layers' is the Memento mask
+    cut to the window."""
+    from transformers import Olmo3Config, Olmo3ForCausalLM
+
+    if attention == "memento_sdpa":
+        register()
+    torch.manual_seed(0)
+    config = Olmo3Config(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=8,
+        layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+        attn_implementation=attention,
+    )
+    model = Olmo3ForCausalLM(config).eval()
+    n = 40
+    ids = torch.randint(0, 97, (1, n))
+    positions = torch.arange(n)[None]
+    never = torch.from_numpy(np.full((1, n), np.iinfo(np.int64).max))
+    pad = torch.zeros(1, n, dtype=torch.bool)
+    masks = model_mask(model, never, pad)
+    assert set(masks) == {"full_attention", "sliding_attention"}
+    with torch.no_grad():
+        ours = model(input_ids=ids, attention_mask=masks, position_ids=positions).logits
+        theirs = model(input_ids=ids, position_ids=positions).logits  # transformers' own causal + sliding masks
+    assert (ours - theirs).abs().max() < 1e-5
+    schedule = never.clone()
+    schedule[0, 5:10] = 20  # tokens 5-9 evicted before query 20
+    masks = model_mask(model, schedule, pad)
+    if attention == "eager":  # additive masks: 0 where attended
+        masks = {k: v == 0 for k, v in masks.items()}
+    full, sliding = masks["full_attention"][0, 0], masks["sliding_attention"][0, 0]
+    assert full[19, 5] and not full[20, 5] and full[30, 2]  # the Memento rule
+    assert not sliding[19, 5] and sliding[19, 12] and not sliding[30, 2]  # ... cut to the 8-token window
+    assert torch.equal(sliding, full & (torch.arange(n)[:, None] - torch.arange(n)[None, :] < 8))

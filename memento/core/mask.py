@@ -28,3 +28,19 @@ def for_model(model, mask: torch.Tensor) -> torch.Tensor:
 
 def attention_implementation(model) -> str:
     return getattr(model.config, "_attn_implementation", None) or "eager"
+
+
+def sliding_window(model) -> int | None:
+    """The window of a model whose layers mix full and sliding-window attention (OLMo-3: 24 of 32 layers slide over
+    4,096 tokens), read from `layer_types`; None when every layer attends fully."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    types = getattr(config, "layer_types", None) or []
+    return getattr(config, "sliding_window", None) if "sliding_attention" in types else None
+
+
+def within_window(mask: torch.Tensor, window: int) -> torch.Tensor:
+    """`mask` (B, 1, Q, K) restricted to keys fewer than `window` positions behind the query (sequence indices are
+    positions: a training sequence is fed whole)."""
+    q = torch.arange(mask.shape[-2], device=mask.device)[:, None]
+    k = torch.arange(mask.shape[-1], device=mask.device)[None, :]
+    return mask & (q - k < window)

@@ -73,7 +73,10 @@ class SlotCache:
         self.device = next(model.parameters()).device
         self.kv = DynamicCache(config=model.config)
         if any(type(layer).__name__ != "DynamicLayer" for layer in self.kv.layers):
-            raise MementoError("the reference engine supports full-attention layers only (no sliding windows)")
+            raise MementoError(
+                "the reference engine supports full-attention layers only: sliding-window layers (OLMo-3) are not "
+                "handled yet (training masks and `memento kv` do handle them)"
+            )
         layer = _pool_layer()
         self.kv.layers = [layer() for _ in self.kv.layers]
         self.pos = torch.empty(batch, 0, dtype=torch.long, device=self.device)  # (B, S) logical position, -1 empty

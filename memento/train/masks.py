@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from memento.core.errors import MementoError
-from memento.core.mask import attention_implementation, for_model
+from memento.core.mask import attention_implementation, for_model, sliding_window, within_window
 from memento.core.policy import NEVER, EvictionPolicy, eviction_schedule
 from memento.core.spans import Kind, Spans
 
@@ -145,12 +145,21 @@ def model_mask(model, schedule: torch.Tensor, pad: torch.Tensor, restart: bool =
     """The Memento mask in the form `model`'s attention implementation reads correctly, or a clear error.
 
     flex_attention gets a BlockMask and is refused on CPU, where its backward does not run; sdpa and eager get the
-    dense mask through `for_model`.
+    dense mask through `for_model`. A model with sliding-window layers (OLMo-3) gets one mask per layer type, as
+    transformers takes them: the sliding layers' is the Memento mask intersected with the window.
     """
+    window = sliding_window(model)
     if attention_implementation(model) == "flex_attention":
         if schedule.device.type != "cuda":
             raise MementoError(
                 "flex_attention needs CUDA (its backward does not run on CPU); use attn_implementation=sdpa"
             )
-        return flex_block_mask(schedule, pad, restart, redo)
-    return for_model(model, dense_mask(schedule, pad, restart, redo))
+        full = flex_block_mask(schedule, pad, restart, redo)
+        if window is None:
+            return full
+        return {"full_attention": full, "sliding_attention": flex_block_mask(schedule, pad, restart, redo, window)}
+    dense = dense_mask(schedule, pad, restart, redo)
+    if window is None:
+        return for_model(model, dense)
+    sliding = for_model(model, within_window(dense, window))
+    return {"full_attention": for_model(model, dense), "sliding_attention": sliding}
