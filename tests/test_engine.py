@@ -189,23 +189,3 @@ def test_bad_requests_get_clear_errors(chars, model):
         Sampling(top_p=0)
     with pytest.raises(MementoError, match="needs eviction"):
         EvictionPolicy(-1, restart=True)
-
-
-def test_sliding_window_models_are_refused_with_a_clear_error(chars):
-    from transformers import Olmo3Config, Olmo3ForCausalLM
-
-    from memento.core.errors import MementoError
-
-    config = Olmo3Config(
-        vocab_size=len(chars),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        sliding_window=8,
-        layer_types=["sliding_attention", "full_attention"],
-    )
-    engine = ReferenceEngine(Olmo3ForCausalLM(config).eval(), chars, EvictionPolicy(0))
-    with pytest.raises(MementoError, match="sliding-window layers \\(OLMo-3\\) are not handled yet"):
-        engine.generate("1+1", Sampling(max_new_tokens=4))

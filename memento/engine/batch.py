@@ -185,7 +185,11 @@ class Engine:
         ids = row.ids[len(prompt) :]
         seconds = time.perf_counter() - started
         timeline = row.kv_timeline
-        per_token = self.geometry.bytes_per_token
+        g = self.geometry
+        held = np.asarray(timeline, dtype=np.int64) * (g.layers - g.sliding_layers)  # layer-tokens held
+        if row.sliding_timeline:  # a hybrid model: its sliding-window layers hold their own tokens
+            held = held + np.asarray(row.sliding_timeline, dtype=np.int64) * g.sliding_layers
+        kv_bytes = held * g.layer_bytes_per_token
         stats = KVStats(
             prompt_tokens=len(prompt),
             generated_tokens=len(ids),
@@ -194,9 +198,9 @@ class Engine:
             evicted_tokens=row.evicted_tokens,
             peak_kv_tokens=max(timeline),
             final_kv_tokens=timeline[-1],
-            peak_kv_bytes=max(timeline) * per_token,
-            final_kv_bytes=timeline[-1] * per_token,
-            auc_gb_ktok=auc_gb_ktok(np.asarray(timeline[1:], dtype=np.int64) * per_token),
+            peak_kv_bytes=int(kv_bytes.max()),
+            final_kv_bytes=int(kv_bytes[-1]),
+            auc_gb_ktok=auc_gb_ktok(kv_bytes[1:]),
             seconds=seconds,
             ms_per_token=1000 * seconds / max(len(ids), 1),
             kv_timeline=list(timeline),

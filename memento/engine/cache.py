@@ -65,35 +65,105 @@ def _pool_layer():
     return PoolLayer
 
 
+class _Group:
+    """The slots of the layers that hold the same tokens: all of them, or (hybrid models) the full-attention layers
+    and the sliding-window layers apart, the latter also dropping a token once it falls out of every later query's
+    window."""
+
+    def __init__(self, layers: list, window: int | None, batch: int, device):
+        self.layers, self.window = layers, window
+        self.pos = torch.empty(batch, 0, dtype=torch.long, device=device)  # (B, S) logical position, -1 empty
+        self.index = torch.empty(batch, 0, dtype=torch.long, device=device)  # (B, S) index in the row's sequence
+        self.dirty = False  # slots were emptied since the last compaction
+
+    def old_mask(self, pos: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """(B, L, S): what each query of the chunk (positions `pos`) sees of the slots held before it."""
+        seen = (self.pos != EMPTY)[:, None, :] & real[:, :, None]
+        if self.window is not None:
+            seen &= pos[:, :, None] - self.pos[:, None, :] < self.window
+        return seen
+
+    def free(self, hit: torch.Tensor) -> int:
+        """Empty the slots where `hit` (B, S) is True; return how many."""
+        self.pos[hit] = EMPTY
+        self.index[hit] = EMPTY
+        self.dirty = True
+        return int(hit.sum())
+
+    def out_of_window(self, ahead: int) -> torch.Tensor:
+        """(B, S): occupied slots that a query `ahead` positions past the row's newest token cannot see."""
+        newest = self.pos.max(dim=1, keepdim=True).values
+        return (self.pos != EMPTY) & (newest + ahead - self.pos >= self.window)
+
+    def compact(self) -> None:
+        if not self.dirty:
+            return
+        self.dirty = False
+        occupied = self.pos != EMPTY  # (B, S)
+        keep = int(occupied.sum(1).max()) if self.pos.shape[1] else 0
+        order = torch.argsort((~occupied).to(torch.int8), dim=1, stable=True)[:, :keep]  # (B, S')
+        self.pos = self.pos.gather(1, order)
+        self.index = self.index.gather(1, order)
+        empty = (self.pos == EMPTY)[:, None, :, None]
+        for layer in self.layers:
+            h, d = layer.keys.shape[1], layer.keys.shape[3]
+            where = order[:, None, :, None].expand(-1, h, -1, d)
+            keys = layer.keys.gather(2, where).masked_fill_(empty, 0.0)
+            layer.replace(keys, layer.values.gather(2, where).masked_fill_(empty, 0.0))
+
+
 class SlotCache:
     def __init__(self, model, batch: int):
         from transformers import DynamicCache
 
+        from memento.core.mask import sliding_window
+
         self.model = model
         self.device = next(model.parameters()).device
         self.kv = DynamicCache(config=model.config)
-        if any(type(layer).__name__ != "DynamicLayer" for layer in self.kv.layers):
-            raise MementoError(
-                "the reference engine supports full-attention layers only: sliding-window layers (OLMo-3) are not "
-                "handled yet (training masks and `memento kv` do handle them)"
-            )
+        self.window = sliding_window(model)
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        types = getattr(config, "layer_types", None) or ["full_attention"] * len(self.kv.layers)
+        if self.window is None and any(type(layer).__name__ != "DynamicLayer" for layer in self.kv.layers):
+            raise MementoError("the reference engine supports full and sliding-window attention layers only")
         layer = _pool_layer()
         self.kv.layers = [layer() for _ in self.kv.layers]
-        self.pos = torch.empty(batch, 0, dtype=torch.long, device=self.device)  # (B, S) logical position, -1 empty
-        self.index = torch.empty(batch, 0, dtype=torch.long, device=self.device)  # (B, S) index in the row's sequence
-        self.dirty = False  # slots were emptied since the last compaction
+        full = [kv for kv, t in zip(self.kv.layers, types, strict=True) if t != "sliding_attention"]
+        sliding = [kv for kv, t in zip(self.kv.layers, types, strict=True) if t == "sliding_attention"]
+        self.full = _Group(full, None, batch, self.device)
+        self.sliding = _Group(sliding, self.window, batch, self.device) if sliding else None
+        self.groups = [g for g in (self.full, self.sliding) if g is not None]
+
+    @property
+    def pos(self) -> torch.Tensor:
+        """(B, S) logical position of each slot of the full-attention layers (-1: empty)."""
+        return self.full.pos
+
+    @property
+    def index(self) -> torch.Tensor:
+        """(B, S) sequence index of each slot of the full-attention layers (-1: empty)."""
+        return self.full.index
+
+    @property
+    def dirty(self) -> bool:
+        return any(g.dirty for g in self.groups)
 
     @property
     def batch(self) -> int:
-        return self.pos.shape[0]
+        return self.full.pos.shape[0]
 
     @property
     def slots(self) -> int:
-        return self.pos.shape[1]
+        return self.full.pos.shape[1]
 
     def occupancy(self) -> torch.Tensor:
-        """(B,) tokens held per row."""
-        return (self.pos != EMPTY).sum(1)
+        """(B,) tokens held per row (by the full-attention layers)."""
+        return (self.full.pos != EMPTY).sum(1)
+
+    def sliding_occupancy(self) -> torch.Tensor | None:
+        """(B,) tokens held per row by the sliding-window layers (None: the model has none): at most the window,
+        the tokens the newest query saw."""
+        return None if self.sliding is None else (self.sliding.pos != EMPTY).sum(1)
 
     def feed(self, tokens: list[list[int]], positions: list[list[int]], indices: list[list[int]]) -> torch.Tensor:
         """Run one forward over a ragged chunk per row (empty lists allowed); return (B, L, V) logits.
@@ -113,71 +183,77 @@ class SlotCache:
             idx[row, : len(i)] = torch.tensor(i, dtype=torch.long)
             real[row, : len(t)] = True
         ids, pos, idx, real = (x.to(self.device) for x in (ids, pos, idx, real))
-        old = (self.pos != EMPTY)[:, None, :].expand(b, length, self.slots)  # (B, L, S)
+        if self.sliding is not None and self.sliding.pos.shape[1]:  # what the new queries' windows cannot reach
+            self.sliding.free(self.sliding.out_of_window(1))
+            self.sliding.compact()
         causal = torch.ones(length, length, dtype=torch.bool, device=self.device).tril()
         new = causal[None] & real[:, None, :]  # (B, L, L)
-        new |= torch.eye(length, dtype=torch.bool, device=self.device)[None] & ~real[:, :, None]
-        mask = torch.cat([old & real[:, :, None], new], dim=2)[:, None]  # (B, 1, L, S + L)
-        mask = for_model(self.model, mask)
+        pad_self = torch.eye(length, dtype=torch.bool, device=self.device)[None] & ~real[:, :, None]
+        masks = {}
+        for group in self.groups:
+            chunk = new if group.window is None else new & (pos[:, :, None] - pos[:, None, :] < group.window)
+            mask = torch.cat([group.old_mask(pos, real), chunk | pad_self], dim=2)[:, None]  # (B, 1, L, S + L)
+            masks["full_attention" if group is self.full else "sliding_attention"] = for_model(self.model, mask)
+        mask = masks if self.sliding is not None else masks["full_attention"]
         out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=self.kv, use_cache=True)
-        self.pos = torch.cat([self.pos, torch.where(real, pos, EMPTY)], dim=1)
-        self.index = torch.cat([self.index, torch.where(real, idx, EMPTY)], dim=1)
-        if not bool(real.all()):  # padding queries left slots behind
-            self.dirty = True
-            self.compact()
+        for group in self.groups:
+            group.pos = torch.cat([group.pos, torch.where(real, pos, EMPTY)], dim=1)
+            group.index = torch.cat([group.index, torch.where(real, idx, EMPTY)], dim=1)
+            if not bool(real.all()):  # padding queries left slots behind
+                group.dirty = True
+        if self.sliding is not None:  # a prefill longer than the window: what not even its last query saw
+            self.sliding.free(self.sliding.out_of_window(0))
+        self.compact()
         return out.logits
 
     def free(self, row: int, indices: torch.Tensor) -> int:
-        """Empty the slots of `row` holding the sequence indices `indices`; return how many were freed."""
-        hit = torch.isin(self.index[row], indices.to(self.device)) & (self.pos[row] != EMPTY)
-        self.pos[row, hit] = EMPTY
-        self.index[row, hit] = EMPTY
-        self.dirty = True
-        return int(hit.sum())
+        """Empty the slots of `row` holding the sequence indices `indices`; return how many the full-attention layers
+        freed."""
+        freed = 0
+        for group in self.groups:
+            hit = torch.zeros_like(group.pos, dtype=torch.bool)
+            hit[row] = torch.isin(group.index[row], indices.to(self.device)) & (group.pos[row] != EMPTY)
+            count = group.free(hit)
+            freed = count if group is self.full else freed
+        return freed
 
     def compact(self) -> None:
-        """Move each row's occupied slots to the front (in order) and cut the cache to the longest row.
+        """Move each row's occupied slots to the front (in order) and cut the cache to the longest row, per group.
 
         Between compactions, shorter rows of a batch keep empty (zero, masked) slots up to the longest row.
         """
-        if not self.dirty:
-            return
-        self.dirty = False
-        occupied = self.pos != EMPTY  # (B, S)
-        keep = int(occupied.sum(1).max()) if self.slots else 0
-        order = torch.argsort((~occupied).to(torch.int8), dim=1, stable=True)[:, :keep]  # (B, S')
-        self.pos = self.pos.gather(1, order)
-        self.index = self.index.gather(1, order)
-        empty = (self.pos == EMPTY)[:, None, :, None]
-        for layer in self.kv.layers:
-            h, d = layer.keys.shape[1], layer.keys.shape[3]
-            where = order[:, None, :, None].expand(-1, h, -1, d)
-            keys = layer.keys.gather(2, where).masked_fill_(empty, 0.0)
-            layer.replace(keys, layer.values.gather(2, where).masked_fill_(empty, 0.0))
+        for group in self.groups:
+            group.compact()
 
     def drop_rows(self, keep: list[int]) -> None:
         """Keep only the rows `keep` (finished requests leave the batch, and their memory with them)."""
         rows = torch.tensor(keep, dtype=torch.long, device=self.device)
-        self.pos, self.index = self.pos[rows], self.index[rows]
-        for layer in self.kv.layers:
-            if layer.is_initialized:
-                layer.replace(layer.keys[rows], layer.values[rows])
-        self.dirty = True
+        for group in self.groups:
+            group.pos, group.index = group.pos[rows], group.index[rows]
+            for layer in group.layers:
+                if layer.is_initialized:
+                    layer.replace(layer.keys[rows], layer.values[rows])
+            group.dirty = True
         self.compact()
 
     def check_integrity(self) -> None:
-        """Every layer holds one K/V per slot, empty slots are zero (nothing freed lingers), no token is cached twice,
-        and after a compaction the longest row has no empty slot."""
-        empty = self.pos == EMPTY
-        for n, layer in enumerate(self.kv.layers):
-            if layer.keys.shape[2] != self.slots or layer.values.shape[2] != self.slots:
-                raise AssertionError(f"layer {n}: {layer.keys.shape[2]} cached entries for {self.slots} slots")
-            for name, tensor in (("key", layer.keys), ("value", layer.values)):
-                if bool(tensor.abs().sum(dim=(1, 3)).masked_select(empty).ne(0).any()):
-                    raise AssertionError(f"layer {n}: an empty slot holds a {name}")
-        for row in range(self.batch):
-            live = self.index[row][self.index[row] != EMPTY].tolist()
-            if len(live) != len(set(live)):
-                raise AssertionError(f"row {row}: a token is cached twice")
-        if not self.dirty and self.slots and int(self.occupancy().max()) != self.slots:
-            raise AssertionError("compacted, yet no row fills the cache")
+        """Every layer holds one K/V per slot of its group, empty slots are zero (nothing freed lingers), no token is
+        cached twice, after a compaction the longest row has no empty slot, and sliding-window layers hold no token
+        that a later query's window cannot reach."""
+        for g, group in enumerate(self.groups):
+            empty = group.pos == EMPTY
+            slots = group.pos.shape[1]
+            for n, layer in enumerate(group.layers):
+                if layer.keys.shape[2] != slots or layer.values.shape[2] != slots:
+                    raise AssertionError(f"group {g} layer {n}: {layer.keys.shape[2]} cached entries for {slots} slots")
+                for name, tensor in (("key", layer.keys), ("value", layer.values)):
+                    if bool(tensor.abs().sum(dim=(1, 3)).masked_select(empty).ne(0).any()):
+                        raise AssertionError(f"group {g} layer {n}: an empty slot holds a {name}")
+            for row in range(self.batch):
+                live = group.index[row][group.index[row] != EMPTY].tolist()
+                if len(live) != len(set(live)):
+                    raise AssertionError(f"group {g} row {row}: a token is cached twice")
+            if not group.dirty and slots and int((~empty).sum(1).max()) != slots:
+                raise AssertionError(f"group {g}: compacted, yet no row fills the cache")
+            if group.window is not None and slots and bool(group.out_of_window(0).any()):
+                raise AssertionError(f"group {g}: a token out of the newest query's window is still cached")

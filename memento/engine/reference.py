@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from memento.core.errors import MementoError
 from memento.core.policy import EvictionPolicy, EvictionTracker
 from memento.core.spans import Kind, Labeller, MementoIds
 from memento.engine.cache import SlotCache
@@ -34,6 +35,7 @@ class Row:
     evicted_tokens: int = 0
     evictions: int = 0
     kv_timeline: list[int] = field(default_factory=list)  # tokens held after each fed token
+    sliding_timeline: list[int] = field(default_factory=list)  # ... by the sliding-window layers (hybrid models)
     request: int = 0  # which request of a batch call the row serves
 
     @classmethod
@@ -70,6 +72,11 @@ class Decoder:
         self.special = special
         self.policy = policy
         self.cache = SlotCache(model, slots)
+        if self.cache.sliding is not None and policy.restart:
+            raise MementoError(
+                "restart mode with sliding-window layers is not handled yet: a recomputed token would need keys "
+                "that left the window"
+            )
         self.rows: list[Row | None] = [None] * slots
         self.pending: list[list[int]] = [[] for _ in range(slots)]  # sequence indices to feed, per slot
 
@@ -97,9 +104,13 @@ class Decoder:
         chunks = [[row.ids[i] for i in p] if row else [] for row, p in zip(self.rows, self.pending, strict=True)]
         logits = self.cache.feed(chunks, self.pending, self.pending)
         held = self.cache.occupancy().tolist()
-        for row, chunk, n in zip(self.rows, chunks, held, strict=True):
+        sliding = self.cache.sliding_occupancy()
+        sliding = sliding.tolist() if sliding is not None else [None] * len(held)
+        for row, chunk, n, w in zip(self.rows, chunks, held, sliding, strict=True):
             if chunk:
                 row.kv_timeline.append(int(n))
+                if w is not None:
+                    row.sliding_timeline.append(int(w))
         self.fed = [len(c) for c in chunks]
         self.pending = [[] for _ in self.rows]
         return logits
