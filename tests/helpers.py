@@ -39,11 +39,20 @@ def small_trace(n_blocks: int = 3) -> Trace:
     return Trace("What is the sum of the first squares?", blocks, "The answer is \\boxed{5}.")
 
 
-def tiny_model(vocab: int, arch: str = "llama", attention: str = "sdpa", hidden: int = 64):
+def tiny_model(vocab: int, arch: str = "llama", attention: str = "sdpa", hidden: int = 64, window: int = 16):
     """A random 2-layer model (4 heads of hidden/4 dims, 2 KV heads, MLP 2 x hidden) in eval mode, seeded: `arch`
-    llama, qwen3 or phi3."""
+    llama, qwen3, phi3, or olmo3 (4 layers, sliding windows of `window`)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Olmo3Config,
+        Olmo3ForCausalLM,
+        Phi3Config,
+        Phi3ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     torch.manual_seed(0)
     common = dict(
@@ -59,4 +68,8 @@ def tiny_model(vocab: int, arch: str = "llama", attention: str = "sdpa", hidden:
         return Qwen3ForCausalLM(Qwen3Config(**common, head_dim=hidden // 4)).eval()
     if arch == "phi3":  # Phi-4-reasoning's architecture: fused QKV and gate-up projections
         return Phi3ForCausalLM(Phi3Config(**common, pad_token_id=0)).eval()
+    if arch == "olmo3":  # OLMo-3's layout, 4 layers: 3 slide over `window` tokens, the last attends fully
+        types = ["sliding_attention"] * 3 + ["full_attention"]
+        common["num_hidden_layers"] = 4
+        return Olmo3ForCausalLM(Olmo3Config(**common, sliding_window=window, layer_types=types)).eval()
     return LlamaForCausalLM(LlamaConfig(**common)).eval()

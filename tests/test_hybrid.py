@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import POLICIES, small_trace
+from helpers import POLICIES, small_trace, tiny_model
 
 from memento.core.chat import label_trace, memento_ids
 from memento.core.errors import MementoError
@@ -28,21 +28,7 @@ def chars():
 
 @pytest.fixture(scope="module")
 def olmo(chars):
-    from transformers import Olmo3Config, Olmo3ForCausalLM
-
-    torch.manual_seed(0)
-    config = Olmo3Config(
-        vocab_size=len(chars),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=WINDOW,
-        layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
-        attn_implementation="sdpa",
-    )
-    return Olmo3ForCausalLM(config).eval()
+    return tiny_model(len(chars), "olmo3", window=WINDOW)
 
 
 @pytest.mark.parametrize("name", ["keep0", "keep1", "keep0-mask-delimiters", "keep0-last-block-for-answer"])

@@ -106,23 +106,11 @@ def test_sliding_window_layers_get_the_memento_mask_within_their_window(attentio
     """A hybrid model (OLMo-3's layout: sliding-window and full layers) gets one mask per layer type. With nothing
     evicted they are exactly what transformers builds itself; with eviction, the sliding layers' is the Memento mask
     cut to the window."""
-    from transformers import Olmo3Config, Olmo3ForCausalLM
+    from helpers import tiny_model
 
     if attention == "memento_sdpa":
         register()
-    torch.manual_seed(0)
-    config = Olmo3Config(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=8,
-        layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
-        attn_implementation=attention,
-    )
-    model = Olmo3ForCausalLM(config).eval()
+    model = tiny_model(97, "olmo3", attention, window=8)
     n = 40
     ids = torch.randint(0, 97, (1, n))
     positions = torch.arange(n)[None]
