@@ -21,7 +21,7 @@ from results_file import header, write  # benchmarks/results_file.py (scripts ru
 
 from memento.core.policy import EvictionPolicy
 
-NEW, REQUESTS, ROUNDS = 128, 16, 3
+NEW, REQUESTS, ROUNDS = 128, 16, 5
 
 
 def serve(model: str, prompts: list[list[int]], args: dict) -> list[float]:
