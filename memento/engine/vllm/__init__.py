@@ -111,6 +111,28 @@ def make_llm(model: str, policy: EvictionPolicy | None = None, **kwargs):
     vllm = require_vllm()
     import torch
 
+    before = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
     if not torch.cuda.is_available():
         kwargs.setdefault("enforce_eager", True)
-    return vllm.LLM(model=str(model), **engine_args(policy, **kwargs))
+        cpu_thread_binding(kwargs.get("tensor_parallel_size", 1))
+    try:
+        return vllm.LLM(model=str(model), **engine_args(policy, **kwargs))
+    finally:  # the engine's processes have it; later engines of this process choose their own
+        if before is None:
+            os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+
+
+def cpu_thread_binding(ranks: int) -> str | None:
+    """vllm-cpu runs one worker per tensor-parallel rank and binds each to a NUMA node; with fewer nodes than ranks
+    (a laptop, a small VM) it refuses to start unless told which cores each rank gets. This splits the cores this
+    process may use into `ranks` contiguous groups (`VLLM_CPU_OMP_THREADS_BIND`, e.g. `0|1`), unless the user set
+    it. Returns the value in force (None for one rank, unless the user set one)."""
+    if ranks <= 1:
+        return os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < ranks:
+        raise MementoError(f"tensor_parallel_size={ranks} needs at least {ranks} CPU cores; {len(cores)} are usable")
+    size = len(cores) // ranks
+    groups = [cores[i * size : (i + 1) * size] for i in range(ranks)]
+    value = "|".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups)
+    return os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", value)
