@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memento.core.errors import MementoError
+from memento.core.intervals import standard_error
 from memento.eval import protocol
 from memento.eval.report import comp_math, plot_majority, report
-from memento.eval.run import _majority, majority_curve, record, standard_error, summarize
+from memento.eval.run import _majority, majority_curve, record, summarize
 from memento.eval.settings import EvalSettings
 from memento.eval.tasks import get
 from memento.toy.demo import SHIPPED

@@ -26,15 +26,22 @@ def wilson(successes: int, n: int) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def mean_interval(scores: list[float], low: float = 0.0, high: float = 1.0) -> tuple[float, float]:
-    """95% normal interval of the mean of `scores`, clipped to [low, high] (the whole range for fewer than two)."""
+def standard_error(scores: list[float]) -> float | None:
+    """The standard error of the mean of `scores` (sample standard deviation / sqrt(n)); None for fewer than two."""
     n = len(scores)
     if n < 2:
-        return (low, high)
+        return None
     m = sum(scores) / n
-    sd = math.sqrt(sum((s - m) ** 2 for s in scores) / (n - 1))
-    half = Z95 * sd / math.sqrt(n)
-    return (max(low, m - half), min(high, m + half))
+    return math.sqrt(sum((s - m) ** 2 for s in scores) / (n - 1) / n)
+
+
+def mean_interval(scores: list[float], low: float = 0.0, high: float = 1.0) -> tuple[float, float]:
+    """95% normal interval of the mean of `scores`, clipped to [low, high] (the whole range for fewer than two)."""
+    se = standard_error(scores)
+    if se is None:
+        return (low, high)
+    m = sum(scores) / len(scores)
+    return (max(low, m - Z95 * se), min(high, m + Z95 * se))
 
 
 class Difference(NamedTuple):

@@ -209,13 +209,12 @@ class SlotCache:
     def free(self, row: int, indices: torch.Tensor) -> int:
         """Empty the slots of `row` holding the sequence indices `indices`; return how many the full-attention layers
         freed."""
-        freed = 0
-        for group in self.groups:
+        freed = []
+        for group in self.groups:  # the full-attention group first
             hit = torch.zeros_like(group.pos, dtype=torch.bool)
             hit[row] = torch.isin(group.index[row], indices.to(self.device)) & (group.pos[row] != EMPTY)
-            count = group.free(hit)
-            freed = count if group is self.full else freed
-        return freed
+            freed.append(group.free(hit))
+        return freed[0]
 
     def compact(self) -> None:
         """Move each row's occupied slots to the front (in order) and cut the cache to the longest row, per group.

@@ -236,7 +236,7 @@ class ServerBackend:
         import httpx
         from transformers import AutoConfig, AutoTokenizer
 
-        from memento.core.chat import encode_chat, memento_ids
+        from memento.core.chat import memento_ids
         from memento.core.kv import KVGeometry
         from memento.eval.live import MetricsPoller
 
@@ -245,8 +245,7 @@ class ServerBackend:
         self.settings, self.policy = settings, settings.eviction
         self.tokenizer = AutoTokenizer.from_pretrained(settings.model)
         base = bool(_base_model(settings, self.tokenizer))
-        self.special = None if base else memento_ids(self.tokenizer)
-        self.encode = lambda prompt: encode_chat(self.tokenizer, prompt).ids
+        self.special = None if base else memento_ids(self.tokenizer)  # the server applies the chat template
         self.geometry = KVGeometry.from_config(AutoConfig.from_pretrained(settings.model))
         self.url = base_url.rstrip("/")
         self.client = httpx.Client(timeout=None)

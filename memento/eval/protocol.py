@@ -36,31 +36,27 @@ class Protocol:
 
         return self.comp_math_samples if is_comp_math(task) else self.samples
 
-    def settings(self, task: str, model: str | Path | None = None, **given) -> tuple[dict, list[str]]:
-        """The sampling settings of `task` under this protocol, `given` (explicit values, None = not given) taking
-        precedence, and the deviations from the protocol, in words."""
-        mine = {
+    def values(self, task: str) -> dict:
+        """The protocol's sampling settings for `task` (the `SAMPLING` fields of `EvalSettings`)."""
+        return {
             "samples": self.samples_for(task),
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k,
             "max_new_tokens": self.max_new_tokens,
         }
-        out = dict(mine)
-        out |= {k: v for k, v in given.items() if v is not None}
+
+    def settings(self, task: str, model: str | Path | None = None, **given) -> tuple[dict, list[str]]:
+        """The sampling settings of `task` under this protocol, `given` (explicit values, None = not given) taking
+        precedence, and the deviations from the protocol, in words."""
+        out = self.values(task) | {k: v for k, v in given.items() if v is not None}
         return out, deviations(self, task, out, model)
 
 
 def deviations(protocol: Protocol, task: str, settings: dict, model: str | Path | None = None) -> list[str]:
     """What in `settings` (and the context of `model`) differs from `protocol` on `task`, in words (empty: the
     protocol as specified)."""
-    expected = {
-        "samples": protocol.samples_for(task),
-        "temperature": protocol.temperature,
-        "top_p": protocol.top_p,
-        "top_k": protocol.top_k,
-        "max_new_tokens": protocol.max_new_tokens,
-    }
+    expected = protocol.values(task)
     words = {"samples": "samples per problem", "max_new_tokens": "max new tokens", "top_p": "top-p", "top_k": "top-k"}
     changed = [k for k, v in expected.items() if k in settings and settings[k] != v]
     found = [f"{words.get(k, k)} {settings[k]} (protocol: {expected[k]})" for k in changed]

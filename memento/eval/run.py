@@ -28,7 +28,7 @@ from pathlib import Path
 
 from memento.core.errors import MementoError
 from memento.core.format import THINK_END, THINK_START
-from memento.core.intervals import Difference, mean_interval, paired_scores, wilson
+from memento.core.intervals import Difference, mean_interval, paired_scores, standard_error, wilson
 from memento.eval import backends
 from memento.eval.check import Verdict
 from memento.eval.settings import EvalSettings
@@ -169,7 +169,7 @@ def record(
         "reference": problem.reference,
         "answer": verdict.answer,
         "outcome": verdict.outcome,
-        "math_verify": getattr(verdict, "math_verify", None),  # the other checker's verdict (math tasks)
+        "math_verify": verdict.math_verify,  # the other checker's verdict (math tasks)
         **s.record(),
     }
 
@@ -260,7 +260,7 @@ def summarize(records: list[dict], settings: EvalSettings, about: str = "", vote
         f"pass@{k}": sum(passk) / max(n, 1),
         f"maj@{k}": sum(majk) / max(n, 1) if votes else None,
         "pass@1_ci95": list(wilson(round(sum(pass1)), n) if binary else mean_interval(pass1)),
-        "pass@1_se": standard_error(pass1),
+        "pass@1_se": standard_error(pass1),  # the paper's: over per-problem means
         "maj@k_curve": majority_curve(list(by.values())) if votes and k > 1 else None,
         "protocol": settings.protocol,
         "deviations": settings.deviations(),
@@ -278,15 +278,6 @@ def summarize(records: list[dict], settings: EvalSettings, about: str = "", vote
         "block_tokens": _mean([t for r in records for t in r.get("block_tokens", [])]),
         "memento_tokens": _mean([t for r in records for t in r.get("memento_tokens", [])]),
     }
-
-
-def standard_error(scores: list[float]) -> float | None:
-    """The standard error of a mean over problems (the paper's, over per-problem means); None with one problem."""
-    n = len(scores)
-    if n < 2:
-        return None
-    mean = sum(scores) / n
-    return (sum((x - mean) ** 2 for x in scores) / (n - 1) / n) ** 0.5
 
 
 def majority_curve(problems: list[list[dict]]) -> list[float]:
