@@ -30,9 +30,14 @@ def test_replay_equals_brute_force_cache(qwen, trace, policy, window):
     views = oracle_views(enc.ids, spans, memento_ids(qwen), policy)
     geometry = KVGeometry("g", layers=3, kv_heads=2, head_dim=4, sliding_layers=1, window=window)
     rep = replay(spans, policy, geometry, enc.completion_start)
-    t = np.arange(len(views))
-    in_window = t[None, :] > t[:, None] - window  # key k within the window of query t
-    expected = views.sum(1) * 2 + (views & in_window).sum(1)
+    movable = np.isin(spans.kind, policy.owned) & policy.evicts
+    sliding, expected = set(), []  # a sliding layer's cache, simulated: it forgets a token for good once `window`
+    for t, row in enumerate(views):  # tokens that no eviction can take follow it
+        held = np.flatnonzero(row)
+        settled = min([int(j) for j in held if movable[j]], default=t + 1)
+        sliding = {k for k in sliding | {t} if row[k] and sum(k < j < settled for j in held) < window}
+        expected.append(len(held) * 2 + len(sliding))
+    expected = np.array(expected)
     assert np.array_equal(rep.tokens, views.sum(1))
     assert np.array_equal(rep.bytes, expected * geometry.layer_bytes_per_token)
 

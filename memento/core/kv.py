@@ -6,8 +6,10 @@ measure. Peak and AUC are computed from that timeline, the way the paper compute
 
 Design choices:
 - Bytes per token and layer = 2 (K and V) x kv_heads x head_dim x dtype bytes; Qwen3-8B in bf16 = 144 KiB/token.
-- Sliding-window layers (OLMo-3: 24 of 32, window 4096) hold at most the live tokens of the last `window`
-  positions, with or without eviction, which is why Memento saves little on such models.
+- Sliding-window layers (OLMo-3: 24 of 32, window 4096) see a query's `window` newest *held* tokens (the window
+  slides over the compacted cache, as in the paper's vLLM release). They hold the `window` newest tokens that no
+  eviction can still take, plus every later one (a token behind an evictable block can slide back into the window
+  when the block goes); with or without eviction that is about a window, which is why Memento saves little there.
 - GB means 10^9 bytes; AUC is integrated over the generated tokens, in GB x thousands of tokens.
 """
 
@@ -171,6 +173,24 @@ def _live(start: np.ndarray, end: np.ndarray, n: int) -> np.ndarray:
     return np.cumsum(delta[:n])
 
 
+def _sliding(spans: Spans, policy: EvictionPolicy, schedule: np.ndarray, full: np.ndarray, window: int) -> np.ndarray:
+    """(n,) tokens the sliding-window layers hold after each token (the engines' `SlotCache.trim`): the `window`
+    newest of the tokens held for good (fed before the oldest evictable token still held) and every later one."""
+    n = len(spans)
+    fed = spans.kind != Kind.PAD
+    movable = fed & np.isin(spans.kind, policy.owned) if policy.evicts else np.zeros(n, dtype=bool)
+    t = np.arange(n)
+    first = np.flatnonzero(movable)
+    ends = schedule[first]  # blocks go oldest first: their eviction times never decrease
+    if np.any(np.diff(ends) < 0):
+        raise MementoError("eviction schedule out of block order")
+    oldest = np.searchsorted(ends, t, side="right")  # the oldest evictable token still held after token t
+    settled_end = np.where(oldest < len(first), first[np.minimum(oldest, len(first) - 1)], n) if len(first) else n
+    settled_end = np.minimum(settled_end, t + 1)
+    settled = np.concatenate([[0], np.cumsum(fed & ~movable)])[settled_end]
+    return np.minimum(settled, window) + full - settled
+
+
 def replay(spans: Spans, policy: EvictionPolicy, geometry: KVGeometry, completion_start: int = 0) -> Replay:
     """Replay `spans` token by token under `policy`: the KV each layer holds after every token."""
     n = len(spans)
@@ -180,7 +200,7 @@ def replay(spans: Spans, policy: EvictionPolicy, geometry: KVGeometry, completio
     full = _live(fed, end, n)
     held = full * (geometry.layers - geometry.sliding_layers)
     if geometry.sliding_layers:
-        held = held + _live(fed, np.minimum(end, fed + geometry.window), n) * geometry.sliding_layers
+        held = held + _sliding(spans, policy, schedule, full, geometry.window) * geometry.sliding_layers
     evicted = int(np.count_nonzero(end != NEVER))
     return Replay(full, held * geometry.layer_bytes_per_token, completion_start, evicted)
 

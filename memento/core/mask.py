@@ -39,8 +39,9 @@ def sliding_window(model) -> int | None:
 
 
 def within_window(mask: torch.Tensor, window: int) -> torch.Tensor:
-    """`mask` (B, 1, Q, K) restricted to keys fewer than `window` positions behind the query (sequence indices are
-    positions: a training sequence is fed whole)."""
-    q = torch.arange(mask.shape[-2], device=mask.device)[:, None]
-    k = torch.arange(mask.shape[-1], device=mask.device)[None, :]
-    return mask & (q - k < window)
+    """`mask` (B, 1, Q, K) restricted to the keys a sliding-window layer sees: the query's `window` newest visible
+    tokens (itself included). The window counts the tokens the cache *holds*, not positions: after an eviction the
+    survivors slide closer, as in a compacted paged cache read by a windowed kernel (vLLM; the paper's release).
+    With nothing evicted this is the usual `q - k < window`."""
+    held_from = mask.flip(-1).cumsum(-1, dtype=torch.int32).flip(-1)  # visible keys at or after each key
+    return mask & (held_from <= window)

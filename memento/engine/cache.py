@@ -67,33 +67,22 @@ def _pool_layer():
 
 class _Group:
     """The slots of the layers that hold the same tokens: all of them, or (hybrid models) the full-attention layers
-    and the sliding-window layers apart, the latter also dropping a token once it falls out of every later query's
-    window."""
+    and the sliding-window layers apart (the latter hold a suffix of the former's tokens, see `SlotCache.trim`)."""
 
     def __init__(self, layers: list, window: int | None, batch: int, device):
         self.layers, self.window = layers, window
         self.pos = torch.empty(batch, 0, dtype=torch.long, device=device)  # (B, S) logical position, -1 empty
         self.index = torch.empty(batch, 0, dtype=torch.long, device=device)  # (B, S) index in the row's sequence
+        self.movable = torch.empty(batch, 0, dtype=torch.bool, device=device)  # (B, S) may still be evicted
         self.dirty = False  # slots were emptied since the last compaction
-
-    def old_mask(self, pos: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """(B, L, S): what each query of the chunk (positions `pos`) sees of the slots held before it."""
-        seen = (self.pos != EMPTY)[:, None, :] & real[:, :, None]
-        if self.window is not None:
-            seen &= pos[:, :, None] - self.pos[:, None, :] < self.window
-        return seen
 
     def free(self, hit: torch.Tensor) -> int:
         """Empty the slots where `hit` (B, S) is True; return how many."""
         self.pos[hit] = EMPTY
         self.index[hit] = EMPTY
+        self.movable[hit] = False
         self.dirty = True
         return int(hit.sum())
-
-    def out_of_window(self, ahead: int) -> torch.Tensor:
-        """(B, S): occupied slots that a query `ahead` positions past the row's newest token cannot see."""
-        newest = self.pos.max(dim=1, keepdim=True).values
-        return (self.pos != EMPTY) & (newest + ahead - self.pos >= self.window)
 
     def compact(self) -> None:
         if not self.dirty:
@@ -104,12 +93,23 @@ class _Group:
         order = torch.argsort((~occupied).to(torch.int8), dim=1, stable=True)[:, :keep]  # (B, S')
         self.pos = self.pos.gather(1, order)
         self.index = self.index.gather(1, order)
+        self.movable = self.movable.gather(1, order)
         empty = (self.pos == EMPTY)[:, None, :, None]
         for layer in self.layers:
             h, d = layer.keys.shape[1], layer.keys.shape[3]
             where = order[:, None, :, None].expand(-1, h, -1, d)
             keys = layer.keys.gather(2, where).masked_fill_(empty, 0.0)
             layer.replace(keys, layer.values.gather(2, where).masked_fill_(empty, 0.0))
+
+
+def _held_after(full: _Group, index: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, S) per slot index in `index` (B, S): how many tokens the full-attention layers hold after it (and before
+    `before` (B,), when given)."""
+    held = full.index != EMPTY
+    after = held[:, None, :] & (full.index[:, None, :] > index[:, :, None])
+    if before is not None:
+        after &= full.index[:, None, :] < before[:, None, None]
+    return after.sum(-1)
 
 
 class SlotCache:
@@ -161,12 +161,20 @@ class SlotCache:
         return (self.full.pos != EMPTY).sum(1)
 
     def sliding_occupancy(self) -> torch.Tensor | None:
-        """(B,) tokens held per row by the sliding-window layers (None: the model has none): at most the window,
-        the tokens the newest query saw."""
+        """(B,) tokens held per row by the sliding-window layers (None: the model has none): the window's worth of
+        tokens held for good, and every later one (`trim`)."""
         return None if self.sliding is None else (self.sliding.pos != EMPTY).sum(1)
 
-    def feed(self, tokens: list[list[int]], positions: list[list[int]], indices: list[list[int]]) -> torch.Tensor:
-        """Run one forward over a ragged chunk per row (empty lists allowed); return (B, L, V) logits.
+    def feed(
+        self,
+        tokens: list[list[int]],
+        positions: list[list[int]],
+        indices: list[list[int]],
+        movable: list[list[bool]] | None = None,
+    ) -> torch.Tensor:
+        """Run one forward over a ragged chunk per row (empty lists allowed); return (B, L, V) logits. `movable`:
+        per token, whether it may still be evicted (a block's), which the sliding-window layers must know to forget
+        safely (`trim`); default: none may.
 
         Rows with fewer than L tokens are padded with queries that see only themselves; their slots stay empty.
         """
@@ -177,34 +185,58 @@ class SlotCache:
         pos = torch.zeros(b, length, dtype=torch.long)
         idx = torch.full((b, length), EMPTY, dtype=torch.long)
         real = torch.zeros(b, length, dtype=torch.bool)
+        move = torch.zeros(b, length, dtype=torch.bool)
         for row, (t, p, i) in enumerate(zip(tokens, positions, indices, strict=True)):
             ids[row, : len(t)] = torch.tensor(t, dtype=torch.long)
             pos[row, : len(p)] = torch.tensor(p, dtype=torch.long)
             idx[row, : len(i)] = torch.tensor(i, dtype=torch.long)
             real[row, : len(t)] = True
-        ids, pos, idx, real = (x.to(self.device) for x in (ids, pos, idx, real))
-        if self.sliding is not None and self.sliding.pos.shape[1]:  # what the new queries' windows cannot reach
-            self.sliding.free(self.sliding.out_of_window(1))
-            self.sliding.compact()
+            if movable is not None:
+                move[row, : len(t)] = torch.tensor(movable[row], dtype=torch.bool)
+        ids, pos, idx, real, move = (x.to(self.device) for x in (ids, pos, idx, real, move))
         causal = torch.ones(length, length, dtype=torch.bool, device=self.device).tril()
         new = causal[None] & real[:, None, :]  # (B, L, L)
         pad_self = torch.eye(length, dtype=torch.bool, device=self.device)[None] & ~real[:, :, None]
         masks = {}
         for group in self.groups:
-            chunk = new if group.window is None else new & (pos[:, :, None] - pos[:, None, :] < group.window)
-            mask = torch.cat([group.old_mask(pos, real), chunk | pad_self], dim=2)[:, None]  # (B, 1, L, S + L)
+            old = (group.pos != EMPTY)[:, None, :] & real[:, :, None]  # (B, L, S)
+            chunk = new
+            if group.window is not None:  # the window counts held tokens: the query's w newest, itself included
+                rank = torch.arange(length, device=self.device)
+                later = _held_after(self.full, group.index)  # (B, S) held tokens after each slot
+                old = old & (later[:, None, :] + rank[None, :, None] + 1 < group.window)
+                chunk = chunk & (rank[:, None] - rank[None, :] < group.window)[None]
+            mask = torch.cat([old, chunk | pad_self], dim=2)[:, None]  # (B, 1, L, S + L)
             masks["full_attention" if group is self.full else "sliding_attention"] = for_model(self.model, mask)
         mask = masks if self.sliding is not None else masks["full_attention"]
         out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=self.kv, use_cache=True)
         for group in self.groups:
             group.pos = torch.cat([group.pos, torch.where(real, pos, EMPTY)], dim=1)
             group.index = torch.cat([group.index, torch.where(real, idx, EMPTY)], dim=1)
+            group.movable = torch.cat([group.movable, move & real], dim=1)
             if not bool(real.all()):  # padding queries left slots behind
                 group.dirty = True
-        if self.sliding is not None:  # a prefill longer than the window: what not even its last query saw
-            self.sliding.free(self.sliding.out_of_window(0))
+        self.trim()
         self.compact()
         return out.logits
+
+    def settled(self) -> torch.Tensor:
+        """(B,) per row, the sequence index of the oldest token held that may still be evicted (none: past the
+        newest). The tokens held before it stay for good: no eviction or recomputation reaches them."""
+        full = self.full
+        big = torch.iinfo(torch.long).max
+        return torch.where(full.movable, full.index, big).min(dim=1).values if full.pos.shape[1] else None
+
+    def trim(self) -> None:
+        """Let the sliding-window layers forget every token that no later query's window can reach: one with
+        `window` or more tokens held for good after it. (A token fewer behind may come back into a window when a
+        block between is evicted, as the window counts held tokens.)"""
+        group = self.sliding
+        if group is None or not group.pos.shape[1]:
+            return
+        gone = (group.pos != EMPTY) & (_held_after(self.full, group.index, self.settled()) >= group.window)
+        if bool(gone.any()):
+            group.free(gone)
 
     def free(self, row: int, indices: torch.Tensor) -> int:
         """Empty the slots of `row` holding the sequence indices `indices`; return how many the full-attention layers
@@ -228,7 +260,7 @@ class SlotCache:
         """Keep only the rows `keep` (finished requests leave the batch, and their memory with them)."""
         rows = torch.tensor(keep, dtype=torch.long, device=self.device)
         for group in self.groups:
-            group.pos, group.index = group.pos[rows], group.index[rows]
+            group.pos, group.index, group.movable = group.pos[rows], group.index[rows], group.movable[rows]
             for layer in group.layers:
                 if layer.is_initialized:
                     layer.replace(layer.keys[rows], layer.values[rows])
@@ -237,8 +269,8 @@ class SlotCache:
 
     def check_integrity(self) -> None:
         """Every layer holds one K/V per slot of its group, empty slots are zero (nothing freed lingers), no token is
-        cached twice, after a compaction the longest row has no empty slot, and sliding-window layers hold no token
-        that a later query's window cannot reach."""
+        cached twice, after a compaction the longest row has no empty slot, and sliding-window layers hold every
+        token the next query's window reaches and none that no later window can."""
         for g, group in enumerate(self.groups):
             empty = group.pos == EMPTY
             slots = group.pos.shape[1]
@@ -254,5 +286,12 @@ class SlotCache:
                     raise AssertionError(f"group {g} row {row}: a token is cached twice")
             if not group.dirty and slots and int((~empty).sum(1).max()) != slots:
                 raise AssertionError(f"group {g}: compacted, yet no row fills the cache")
-            if group.window is not None and slots and bool(group.out_of_window(0).any()):
-                raise AssertionError(f"group {g}: a token out of the newest query's window is still cached")
+            if group.window is not None and slots:
+                held = group.pos != EMPTY
+                if bool((held & (_held_after(self.full, group.index, self.settled()) >= group.window)).any()):
+                    raise AssertionError(f"group {g}: a token no later window can reach is still cached")
+                reach = (self.full.pos != EMPTY) & (_held_after(self.full, self.full.index) + 1 < group.window)
+                for row in range(self.batch):
+                    need = set(self.full.index[row][reach[row]].tolist())
+                    if not need <= set(group.index[row][held[row]].tolist()):
+                        raise AssertionError(f"group {g} row {row}: a token the next query's window reaches is gone")

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from memento.core.errors import MementoError
 from memento.core.policy import EvictionPolicy, EvictionTracker
 from memento.core.spans import Kind, Labeller, MementoIds
 from memento.engine.cache import SlotCache
@@ -72,11 +71,7 @@ class Decoder:
         self.special = special
         self.policy = policy
         self.cache = SlotCache(model, slots)
-        if self.cache.sliding is not None and policy.restart:
-            raise MementoError(
-                "restart mode with sliding-window layers is not handled yet: a recomputed token would need keys "
-                "that left the window"
-            )
+        self.movable = set(int(k) for k in policy.owned) if policy.evicts else set()  # kinds eviction may take
         self.rows: list[Row | None] = [None] * slots
         self.pending: list[list[int]] = [[] for _ in range(slots)]  # sequence indices to feed, per slot
 
@@ -101,8 +96,10 @@ class Decoder:
     def forward(self) -> torch.Tensor:
         """Feed every row's pending tokens in one forward; return (slots, L, V) logits (a row's last fed token at
         `fed[slot] - 1`) and record each fed row's KV occupancy."""
-        chunks = [[row.ids[i] for i in p] if row else [] for row, p in zip(self.rows, self.pending, strict=True)]
-        logits = self.cache.feed(chunks, self.pending, self.pending)
+        rows = list(zip(self.rows, self.pending, strict=True))
+        chunks = [[row.ids[i] for i in p] if row else [] for row, p in rows]
+        movable = [[row.kind[i] in self.movable for i in p] if row else [] for row, p in rows]
+        logits = self.cache.feed(chunks, self.pending, self.pending, movable)
         held = self.cache.occupancy().tolist()
         sliding = self.cache.sliding_occupancy()
         sliding = sliding.tolist() if sliding is not None else [None] * len(held)

@@ -117,17 +117,46 @@ def dense_mask(
     return mask[:, None]
 
 
-def flex_block_mask(schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False, redo=None, block_size: int = 128):
-    """A FlexAttention `BlockMask` of the same rule as `dense_mask` (needs CUDA for training)."""
+def flex_block_mask(
+    schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False, redo=None, window: int | None = None
+) -> object:
+    """A FlexAttention `BlockMask` of the same rule as `dense_mask` (needs CUDA for training); `window`: the sliding
+    layers' (`within_window`)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     b, n = schedule.shape
-    rule = mask_mod(schedule, pad, restart, redo)
-    return create_block_mask(rule, B=b, H=None, Q_LEN=n, KV_LEN=n, device=schedule.device, BLOCK_SIZE=block_size)
+    rule = mask_mod(schedule, pad, restart, redo, window)
+    return create_block_mask(rule, B=b, H=None, Q_LEN=n, KV_LEN=n, device=schedule.device, BLOCK_SIZE=128)
 
 
-def mask_mod(schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False, redo: torch.Tensor | None = None):
-    """The FlexAttention `mask_mod(b, h, q, k)` of the Memento rule (usable with `create_mask` on any device)."""
+def held_tables(schedule: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a sliding-window `mask_mod` needs to count held tokens without a T x T tensor. Between two eviction
+    times a query sees the same set of earlier tokens, so per such epoch e: `held[b, e, x]` = tokens before index x
+    still held, and `epoch[b, q]` = the epoch of query q. Returns (held (B, E+1, T+1) int32, epoch (B, T) int64)."""
+    b, n = schedule.shape
+    times = [torch.unique(row[row != NEVER]) for row in schedule]
+    m = max((len(t) for t in times), default=0)
+    tau = torch.full((b, m + 1), -1, dtype=torch.int64, device=schedule.device)  # epoch 0: before any eviction
+    for row, t in enumerate(times):
+        tau[row, 1 : len(t) + 1] = t
+        tau[row, len(t) + 1 :] = NEVER
+    alive = (schedule[:, None, :] > tau[:, :, None]) & ~pad[:, None, :]  # (B, E+1, T)
+    held = torch.nn.functional.pad(alive.cumsum(-1, dtype=torch.int32), (1, 0))
+    q = torch.arange(n, device=schedule.device).expand(b, n).contiguous()
+    epoch = torch.searchsorted(tau[:, 1:].contiguous(), q, right=True)
+    return held, epoch
+
+
+def mask_mod(
+    schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False, redo: torch.Tensor | None = None, window=None
+):
+    """The FlexAttention `mask_mod(b, h, q, k)` of the Memento rule (usable with `create_mask` on any device);
+    `window`: cut to a sliding layer's window of held tokens (not with restart: there the tokens a recomputed query
+    sees do not follow from its epoch)."""
+    if window is not None and restart:
+        raise MementoError("the FlexAttention mask of sliding-window layers does not cover restart mode; use sdpa")
+    if window is not None:
+        held, epoch = held_tables(schedule, pad)
 
     def rule(b, h, q, k):
         sk = schedule[b, k]
@@ -136,6 +165,9 @@ def mask_mod(schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False, r
             seen = seen & (sk != redo[b, q])
         elif restart:
             seen = seen & (sk >= schedule[b, q])
+        if window is not None:
+            e = epoch[b, q]
+            seen = seen & (held[b, e, q + 1] - held[b, e, k] <= window)
         return seen | ((q == k) & pad[b, q])
 
     return rule
@@ -146,7 +178,7 @@ def model_mask(model, schedule: torch.Tensor, pad: torch.Tensor, restart: bool =
 
     flex_attention gets a BlockMask and is refused on CPU, where its backward does not run; sdpa and eager get the
     dense mask through `for_model`. A model with sliding-window layers (OLMo-3) gets one mask per layer type, as
-    transformers takes them: the sliding layers' is the Memento mask intersected with the window.
+    transformers takes them: the sliding layers' is the Memento mask cut to the window of held tokens (`within_window`).
     """
     window = sliding_window(model)
     if attention_implementation(model) == "flex_attention":
