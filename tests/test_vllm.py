@@ -202,6 +202,7 @@ def smollm2(smollm2_dir, tmp_path_factory):
     trace = real_shaped_trace()
     encoded = encode_chat(reference.tokenizer, trace.problem, render(trace))
     force = encoded.ids[encoded.completion_start :]
+    assert len(encoded.ids) > 4 * WINDOW
     expected = {
         name: ReferenceEngine(reference.model, reference.tokenizer, POLICIES[name]).generate(
             trace.problem, force=[force], return_logits=True
@@ -264,13 +265,16 @@ def test_environment_keeps_what_the_user_set(monkeypatch):
     assert environment(cpu_kv_gib=5)["VLLM_CPU_KVCACHE_SPACE"] == "5"
 
 
-FAMILY_POLICIES = ["keep0", "keep1", "keep0-mask-delimiters", "keep1-restart-release"]
+FAMILY_POLICIES = ["keep0", "keep1", "keep0-mask-delimiters", "keep0-restart", "keep1-restart-release"]
+WINDOW = 32  # the tiny Olmo3's sliding layers: the trace is several windows long
 
 
-@pytest.fixture(scope="module", params=["qwen3", "phi3"])
+@pytest.fixture(scope="module", params=["qwen3", "phi3", "olmo3"])
 def family(request, tmp_path_factory):
-    """A random tiny model of a paper family's architecture (Qwen3; Phi3ForCausalLM, Phi-4-reasoning's) with the
-    character tokenizer, teacher-forced through a toy Memento trace by the reference engine, then by vLLM."""
+    """A random tiny model of a paper family's architecture (Qwen3; Phi3ForCausalLM, Phi-4-reasoning's; Olmo3, with
+    3 of 4 layers sliding) with the character tokenizer, teacher-forced through a toy Memento trace by the reference
+    engine, then by vLLM. vLLM's windowed kernel reads the compacted cache: its window counts held tokens, as the
+    reference engine's does."""
     from helpers import POLICIES as ALL
     from helpers import tiny_model
 
@@ -278,13 +282,14 @@ def family(request, tmp_path_factory):
     from memento.tokenizer import char_tokenizer
 
     tokenizer = char_tokenizer()
-    model = tiny_model(len(tokenizer), request.param, hidden=128)  # head_dim 32: vLLM's CPU kernels take it
+    model = tiny_model(len(tokenizer), request.param, hidden=128, window=WINDOW)  # head_dim 32: vLLM's CPU kernels
     folder = tmp_path_factory.mktemp(f"tiny-{request.param}")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     trace = sums_traces(1, seed=4, blocks=(4, 4))[0]
     encoded = encode_chat(tokenizer, trace.problem, render(trace))
     force = encoded.ids[encoded.completion_start :]
+    assert len(encoded.ids) > 4 * WINDOW
     expected = {
         name: ReferenceEngine(model, tokenizer, ALL[name]).generate(trace.problem, force=[force], return_logits=True)[0]
         for name in FAMILY_POLICIES

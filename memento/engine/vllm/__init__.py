@@ -51,7 +51,10 @@ def engine_args(policy: EvictionPolicy | None = None, **overrides) -> dict:
 
     Prefix caching is off: a cached prefix page may hold KV that an eviction later compacts away, and a block's KV
     must not be found again after it was freed. Async scheduling is off: an eviction must be known before the
-    token that triggers it is fed, which needs the step's output before the next step is scheduled.
+    token that triggers it is fed, which needs the step's output before the next step is scheduled. The hybrid KV
+    cache manager is off: every layer shares one page table, so one compaction serves them all; sliding-window
+    layers (OLMo-3) keep their window in the attention kernel, over the compacted cache, but their pages hold every
+    surviving token (vLLM's own window trimming would drop tokens that an eviction brings back into the window).
     """
     policy = policy or EvictionPolicy()
     args = {
@@ -61,6 +64,7 @@ def engine_args(policy: EvictionPolicy | None = None, **overrides) -> dict:
         "additional_config": {"memento": {"policy": asdict(policy)}},
         "enable_prefix_caching": False,
         "async_scheduling": False,
+        "disable_hybrid_kv_cache_manager": True,
     }
     args.update(overrides)
     return args
@@ -76,6 +80,7 @@ def serve_flags(policy: EvictionPolicy | None = None) -> list[str]:
         f"--additional-config={json.dumps(args['additional_config'], separators=(',', ':'))}",
         "--no-enable-prefix-caching",
         "--no-async-scheduling",
+        "--disable-hybrid-kv-cache-manager",
     ]
 
 

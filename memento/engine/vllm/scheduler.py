@@ -74,7 +74,11 @@ class MementoScheduler(Scheduler):
         self.memento = settings(vllm_config)
         groups = self.kv_cache_config.kv_cache_groups
         if len(groups) != 1:
-            raise MementoError(f"memento on vLLM supports one KV cache group (full attention only), got {len(groups)}")
+            raise MementoError(
+                f"memento on vLLM needs one KV cache group, got {len(groups)}: start vLLM with "
+                "disable_hybrid_kv_cache_manager=True (`engine_args` sets it; "
+                "`vllm serve --disable-hybrid-kv-cache-manager`)"
+            )
         self.page = groups[0].kv_cache_spec.block_size
         self.tracks: dict[str, Track] = {}
         self.moves: dict[str, list[tuple[list[int], list[int], int]]] = {}  # per step: src, dst slots, pages kept
