@@ -105,11 +105,12 @@ class _Group:
 def _held_after(full: _Group, index: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
     """(B, S) per slot index in `index` (B, S): how many tokens the full-attention layers hold after it (and before
     `before` (B,), when given)."""
-    held = full.index != EMPTY
-    after = held[:, None, :] & (full.index[:, None, :] > index[:, :, None])
+    big = torch.iinfo(torch.long).max
+    held = torch.where(full.index != EMPTY, full.index, big).sort(dim=1).values  # empty slots sort last
+    end = (full.index != EMPTY).sum(1, keepdim=True)
     if before is not None:
-        after &= full.index[:, None, :] < before[:, None, None]
-    return after.sum(-1)
+        end = torch.searchsorted(held, before[:, None].expand(-1, 1).contiguous())
+    return (end - torch.searchsorted(held, index.contiguous(), right=True)).clamp(min=0)
 
 
 class SlotCache:
