@@ -15,7 +15,7 @@ import pytest
 import torch
 from helpers import AIME_TRACE, policies
 
-from memento.core.chat import encode_chat
+from memento.core.chat import encode_chat, encode_messages
 from memento.core.format import Block, render
 from memento.core.policy import EvictionPolicy
 from memento.engine.generate import ReferenceEngine
@@ -34,6 +34,10 @@ POLICIES = policies(
     "keep0-max-block-tokens",
     "full",
 )
+COMPACT = {  # multi-turn chats whose first answer's blocks are evicted as the prompt is fed
+    "keep0-compact": EvictionPolicy(0, compact_prompt=True),
+    "keep1-restart-release-compact": EvictionPolicy(1, restart=True, restart_mode="release", compact_prompt=True),
+}
 
 
 def start(model, tmp_path_factory, **kwargs):
@@ -56,6 +60,22 @@ def toy_prompts(n: int, seed: int) -> list[str]:
     from memento.synthetic.orbit import orbit_traces
 
     return [t.problem for t in orbit_traces(n, seed=seed, split="test")]
+
+
+def toy_chats(n: int) -> list[list[dict]]:
+    """Chats of two turns: a toy problem answered with (the first 3 blocks of) its Memento trace, then a new
+    problem."""
+    from memento.synthetic.orbit import orbit_traces
+
+    answered = [replace(t, blocks=t.blocks[:3]) for t in orbit_traces(n, seed=32, split="test")]
+    return [
+        [
+            {"role": "user", "content": t.problem},
+            {"role": "assistant", "content": render(t)},
+            {"role": "user", "content": follow},
+        ]
+        for t, follow in zip(answered, toy_prompts(n, seed=33), strict=True)
+    ]
 
 
 def vllm_generate(llm, prompts_ids, policies: list[EvictionPolicy], max_tokens: int, force=None):
@@ -113,16 +133,24 @@ def toy(tmp_path_factory):
         )
         for name, policy in POLICIES.items()
     }
+    chats = toy_chats(2)
+    for name, policy in COMPACT.items():
+        engine = ReferenceEngine(reference.model, reference.tokenizer, policy)
+        expected[name] = engine.generate(chats, Sampling(temperature=0, max_new_tokens=900), return_logits=True)
     ids = [encode_chat(reference.tokenizer, p).ids for p in prompts]
+    chat_ids = [encode_messages(reference.tokenizer, c) for c in chats]
     llm = start(TOY, tmp_path_factory, max_model_len=1024)
     try:
-        got, stats = vllm_generate(llm, ids * len(POLICIES), [p for p in POLICIES.values() for _ in ids], 900)
+        batch = ids * len(POLICIES) + chat_ids * len(COMPACT)
+        policies = [p for p in POLICIES.values() for _ in ids] + [p for p in COMPACT.values() for _ in chat_ids]
+        got, stats = vllm_generate(llm, batch, policies, 900)
         refused = refusals(llm, ids[0])
     finally:
         stop(llm)
     n = len(ids)
     runs = {
-        name: (expected[name], got[i * n : (i + 1) * n], stats[i * n : (i + 1) * n]) for i, name in enumerate(POLICIES)
+        name: (expected[name], got[i * n : (i + 1) * n], stats[i * n : (i + 1) * n])
+        for i, name in enumerate([*POLICIES, *COMPACT])
     }
     return reference, runs, refused
 
@@ -144,6 +172,22 @@ def test_greedy_generation_equals_the_reference_engine(toy, name):
         assert max(g.stats.evicted_tokens for g in expected) > 100  # the generations really evicted blocks
     if policy.max_block_tokens:
         assert reference.special.block_end in expected[0].ids
+
+
+@pytest.mark.parametrize("name", list(COMPACT))
+def test_compacted_multi_turn_prompts_equal_the_reference_engine(toy, name):
+    """Chats whose first answer holds Memento blocks, with `compact_prompt` per request: vLLM evicts those blocks
+    during the prefill (cut at each eviction, as a replay after preemption is) and then generates, token for token
+    as the reference engine, with the same evictions and peak."""
+    _, runs, _ = toy
+    expected, got, stats = runs[name]
+    for g, c, s in zip(expected, got, stats, strict=True):
+        assert list(c.token_ids) == g.ids
+        assert float((logprobs(c) - reference_logprobs(g)).abs().max()) < 1e-3
+        kv = s["memento"]
+        assert (kv["evicted_tokens"], kv["evictions"]) == (g.stats.evicted_tokens, g.stats.evictions)
+        assert kv["peak_kv_tokens"] == g.stats.peak_kv_tokens
+        assert g.stats.evictions >= 3 - COMPACT[name].keep_last_n_blocks  # the first turn's 3 blocks
 
 
 def test_a_malformed_memento_request_is_refused_before_it_reaches_the_engine(toy):

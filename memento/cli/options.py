@@ -26,6 +26,13 @@ RestartMode = Annotated[
 ]
 MaxBlockTokens = Annotated[int | None, typer.Option(help="Force <|block_end|> after this many.")]
 MaxBlocks = Annotated[int | None, typer.Option(help="Force </think> after this many blocks.")]
+CompactPrompt = Annotated[
+    bool,
+    typer.Option(
+        help="Multi-turn chats: evict the blocks of earlier assistant turns as the prompt is fed, keeping their "
+        'mementos (a request may ask for it: memento_policy {"compact_prompt": true}).'
+    ),
+]
 
 
 def policy(
@@ -37,6 +44,7 @@ def policy(
     max_blocks: int | None,
     model=None,
     restart_mode: str = "strict",
+    compact_prompt: bool = False,
 ):
     """The policy the flags name; `mask_delimiters` None: the preset of `model`'s family (`memento.core.presets`),
     said on stderr."""
@@ -52,6 +60,7 @@ def policy(
         restart_mode=restart_mode,
         max_block_tokens=max_block_tokens,
         max_blocks=max_blocks,
+        compact_prompt=compact_prompt,
     )
 
 

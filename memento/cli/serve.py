@@ -26,6 +26,7 @@ def serve(
     restart_mode: options.RestartMode = "strict",
     max_block_tokens: options.MaxBlockTokens = None,
     max_blocks: options.MaxBlocks = None,
+    compact_prompt: options.CompactPrompt = False,
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 opens the server to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     print_command: Annotated[
@@ -41,7 +42,15 @@ def serve(
     from memento.engine.vllm import environment, require_vllm, serve_flags
 
     pol = options.policy(
-        policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks, model, restart_mode
+        policy,
+        mask_delimiters,
+        keep_last_block_for_answer,
+        restart,
+        max_block_tokens,
+        max_blocks,
+        model,
+        restart_mode,
+        compact_prompt,
     )
     args = ["--host", host, "--port", str(port), *serve_flags(pol), *ctx.args]
     if print_command:

@@ -51,6 +51,13 @@ def encode_chat(tokenizer, problem: str, response: str | None = None) -> Encoded
     return Encoded(ids, start)
 
 
+def encode_messages(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a chat (`[{"role": ..., "content": ...}, ...]`, earlier assistant turns included) followed by
+    the generation prompt of the next assistant turn."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
 def memento_ids(tokenizer) -> MementoIds:
     """The ids of the six special tokens; a clear error with the fix when some are missing."""
     found = dict(zip(SPECIAL_TOKENS, token_ids(tokenizer, SPECIAL_TOKENS), strict=True))

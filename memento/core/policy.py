@@ -47,13 +47,14 @@ class EvictionPolicy:
     restart_mode: str = "strict"  # strict (ours) | release (the paper's release); read only with restart
     max_block_tokens: int | None = None
     max_blocks: int | None = None
+    compact_prompt: bool = False  # evict the blocks already in the prompt (earlier turns of a multi-turn chat)
 
     def __post_init__(self):
         if self.keep_last_n_blocks < -1:
             got = self.keep_last_n_blocks
             raise MementoError(f"keep_last_n_blocks must be -1 (no eviction), 0 or N > 0, got {got}")
         if not self.evicts:
-            for flag in ("mask_delimiters", "keep_last_block_for_answer", "restart"):
+            for flag in ("mask_delimiters", "keep_last_block_for_answer", "restart", "compact_prompt"):
                 if getattr(self, flag):
                     raise MementoError(f"{flag} needs eviction, but keep_last_n_blocks is -1 (no eviction)")
         if self.restart_mode not in RESTART_MODES:

@@ -132,9 +132,10 @@ class Spans:
 class Labeller:
     """Labels a token stream one token at a time (what `label` runs, and what the engines run while generating)."""
 
-    def __init__(self, special: MementoIds, strict: bool = True):
+    def __init__(self, special: MementoIds, strict: bool = True, turns: bool = False):
         self.by_id = special.by_id()
         self.strict = strict
+        self.turns = turns  # a chat of several assistant turns: `<think>` after an answer opens the next one
         self.state = State.OUTSIDE
         self.index = -1  # current block
         self.glue: tuple[Kind, int] = (Kind.PROMPT, -1)
@@ -145,6 +146,8 @@ class Labeller:
         state = self.state
         token = self.by_id.get(int(token_id))
         nxt = None if token is None else TRANSITIONS.get((state, token))
+        if nxt is None and self.turns and state is State.ANSWER and token == THINK_START:
+            nxt = State.THINK
         if token is not None and nxt is None:
             if self.strict:
                 raise TraceFormatError(transition_error(state, token), t, unit="token")
@@ -168,8 +171,10 @@ def label(
     completion_start: int | None = None,
     attention_mask=None,
     strict: bool = True,
+    turns: bool = False,
 ) -> Spans:
-    """Label every token of one sequence. `ids`: (T,) ints; `attention_mask`: (T,) with 0 for padding."""
+    """Label every token of one sequence. `ids`: (T,) ints; `attention_mask`: (T,) with 0 for padding; `turns`: a
+    multi-turn chat labelled from `completion_start` (e.g. 0), its blocks numbered across the turns."""
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     n = len(ids)
     pad = np.zeros(n, bool) if attention_mask is None else np.asarray(attention_mask).reshape(-1) == 0
@@ -179,7 +184,7 @@ def label(
     kind = np.full(n, Kind.PROMPT, dtype=np.int8)
     block = np.full(n, -1, dtype=np.int32)
     kind[pad] = Kind.PAD
-    labeller = Labeller(special, strict)
+    labeller = Labeller(special, strict, turns)
     for t in range(completion_start, n):
         if not pad[t]:
             kind[t], block[t] = labeller.push(ids[t], t)

@@ -60,9 +60,11 @@ class Completion:
         """The tokens whose KV was computed: the prompt and the completion, less a sampled last token (never fed)."""
         return self.prompt_ids + (self.ids if self.finish_reason == "forced" else self.ids[:-1])
 
-    def spans(self, special: MementoIds, fed: bool = False) -> Spans:
-        """The prompt and completion labelled (however malformed); `fed`: only the tokens that were fed."""
-        return label(self.fed if fed else self.prompt_ids + self.ids, special, len(self.prompt_ids), strict=False)
+    def spans(self, special: MementoIds, fed: bool = False, turns: bool = False) -> Spans:
+        """The prompt and completion labelled (however malformed); `fed`: only the tokens that were fed; `turns`:
+        the prompt too, every assistant turn of it (what `compact_prompt` evicts)."""
+        ids = self.fed if fed else self.prompt_ids + self.ids
+        return label(ids, special, 0 if turns else len(self.prompt_ids), strict=False, turns=turns)
 
 
 class Engine:
@@ -200,7 +202,7 @@ class Engine:
             final_kv_tokens=timeline[-1],
             peak_kv_bytes=int(kv_bytes.max()),
             final_kv_bytes=int(kv_bytes[-1]),
-            auc_gb_ktok=auc_gb_ktok(kv_bytes[1:]),
+            auc_gb_ktok=auc_gb_ktok(kv_bytes[row.prefill_steps :]),
             seconds=seconds,
             ms_per_token=1000 * seconds / max(len(ids), 1),
             kv_timeline=list(timeline),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from memento.core.chat import encode_chat, memento_ids
+from memento.core.chat import encode_chat, encode_messages, memento_ids
 from memento.core.errors import MementoError
 from memento.core.kv import Comparison, compare
 from memento.core.policy import EvictionPolicy
@@ -78,8 +78,13 @@ class ReferenceEngine:
             give_memento_tokens(model, tokenizer)
         return cls(model, tokenizer, policy)
 
-    def encode(self, prompt: str) -> list[int]:
-        ids = encode_chat(self.tokenizer, prompt).ids
+    def encode(self, prompt: str | list[dict]) -> list[int]:
+        """A one-turn chat of `prompt`, or a multi-turn chat (a list of messages) ready for the next answer."""
+        ids = (
+            encode_chat(self.tokenizer, prompt).ids
+            if isinstance(prompt, str)
+            else encode_messages(self.tokenizer, prompt)
+        )
         context = self.engine.context
         if context and len(ids) >= context:
             raise MementoError(f"the prompt has {len(ids)} tokens; the model's context is {context}")
@@ -87,14 +92,15 @@ class ReferenceEngine:
 
     def kv_comparison(self, generation: Completion) -> Comparison:
         """The KV a generation held under this engine's policy beside what full attention would have held."""
-        return compare(generation.spans(self.special, fed=True), self.policy, self.geometry, len(generation.prompt_ids))
+        spans = generation.spans(self.special, fed=True, turns=self.policy.compact_prompt)
+        return compare(spans, self.policy, self.geometry, len(generation.prompt_ids))
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
     def generate(
         self,
-        prompts: list[str] | str,
+        prompts: list[str | list[dict]] | str,
         sampling: Sampling | None = None,
         batch_size: int = 16,
         force: list[list[int]] | None = None,
@@ -103,8 +109,10 @@ class ReferenceEngine:
         processor: Processor | None = None,
         seeds: list[int] | None = None,
     ) -> list[Generation]:
-        """Generate for every prompt; the arguments are `Engine.generate`'s, and `sampling.stop` holds stop strings."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        """Generate for every prompt (a text, or a chat's messages); the arguments are `Engine.generate`'s, and
+        `sampling.stop` holds stop strings."""
+        one = isinstance(prompts, str) or (bool(prompts) and isinstance(prompts[0], dict))  # a text, or one chat
+        prompts = [prompts] if one else list(prompts)
         sampling = sampling or Sampling()
         stop = None
         if sampling.stop:

@@ -36,12 +36,24 @@ class Row:
     kv_timeline: list[int] = field(default_factory=list)  # tokens held after each fed token
     sliding_timeline: list[int] = field(default_factory=list)  # ... by the sliding-window layers (hybrid models)
     request: int = 0  # which request of a batch call the row serves
+    prompt_evictions: list[tuple[int, int]] = field(default_factory=list)  # (trigger, block) inside the prompt
+    prefill_steps: int = 1  # forwards that fed the prompt (entries of the timelines before the first generated token)
 
     @classmethod
     def start(cls, prompt: list[int], special: MementoIds, policy: EvictionPolicy, request: int = 0) -> Row:
+        """A row holding `prompt`, labelled as prompt; with `policy.compact_prompt`, labelled like generated tokens
+        (every turn of a multi-turn chat), so the blocks of earlier assistant turns are evicted as the prompt is
+        fed (`prompt_evictions`: each block to evict before feeding the token at `trigger`)."""
         n = len(prompt)
-        row = cls(list(prompt), n, Labeller(special, strict=False), EvictionTracker(policy, special), request=request)
-        row.kind, row.block = [int(Kind.PROMPT)] * n, [-1] * n
+        labeller = Labeller(special, strict=False, turns=policy.compact_prompt)
+        row = cls([], n, labeller, EvictionTracker(policy, special), request=request)
+        if not policy.compact_prompt:
+            row.ids, row.kind, row.block = list(prompt), [int(Kind.PROMPT)] * n, [-1] * n
+            return row
+        for t, token in enumerate(prompt):
+            block = row.add(token)
+            if block is not None and len(row.block_tokens(block)):
+                row.prompt_evictions.append((t, block))
         return row
 
     def add(self, token: int) -> int | None:
@@ -74,12 +86,45 @@ class Decoder:
         self.movable = set(int(k) for k in policy.owned) if policy.evicts else set()  # kinds eviction may take
         self.rows: list[Row | None] = [None] * slots
         self.pending: list[list[int]] = [[] for _ in range(slots)]  # sequence indices to feed, per slot
+        self.keep_prefill = False  # teacher forcing keeps the logits of every prompt token:
+        self.prefilled: dict[int, list[torch.Tensor]] = {}  # per slot: logits of prompt parts fed by `start`
+        self.prefill_redo: dict[int, int] = {}  # per slot: recomputed tokens ahead of the prompt's last part
 
     def start(self, slot: int, prompt: list[int], request: int = 0) -> Row:
-        """Put a new row in `slot`: its prompt is fed at the next `forward`."""
+        """Put a new row in `slot`: its prompt is fed at the next `forward`. A prompt holding blocks to compact is
+        fed up to each eviction now (a forward of this row alone per eviction, logits kept in `prefilled`), the
+        block evicted before the rest is fed; its last part waits for the next `forward`."""
         row = self.rows[slot] = Row.start(prompt, self.special, self.policy, request)
-        self.pending[slot] = list(range(len(prompt)))
+        fed, redo = 0, []
+        for trigger, block in row.prompt_evictions:
+            chunk = [*redo, *range(fed, trigger)]
+            if chunk:
+                logits = self._feed_alone(slot, chunk)
+                row.prefill_steps += 1
+                if self.keep_prefill:
+                    self.prefilled.setdefault(slot, []).append(logits[len(redo) :])
+            redo, fed = self.evict(slot, block, trigger), trigger
+        self.pending[slot] = [*redo, *range(fed, len(prompt))]
+        if self.keep_prefill:
+            self.prefill_redo[slot] = len(redo)
         return row
+
+    def _feed_alone(self, slot: int, chunk: list[int]) -> torch.Tensor:
+        """Feed `chunk` (sequence indices) of one row, the other rows waiting; return its (len(chunk), V) logits."""
+        row = self.rows[slot]
+        indices = [chunk if s == slot else [] for s in range(len(self.rows))]
+        tokens = [[row.ids[i] for i in c] for c in indices]
+        movable = [[row.kind[i] in self.movable for i in c] for c in indices]
+        logits = self.cache.feed(tokens, indices, indices, movable)[slot, : len(chunk)]
+        self._record(slot)
+        return logits
+
+    def _record(self, slot: int) -> None:
+        row = self.rows[slot]
+        row.kv_timeline.append(int(self.cache.occupancy()[slot]))
+        sliding = self.cache.sliding_occupancy()
+        if sliding is not None:
+            row.sliding_timeline.append(int(sliding[slot]))
 
     def push(self, slot: int, token: int) -> None:
         """Append the row's next token, to be fed at the next `forward`."""
@@ -100,14 +145,9 @@ class Decoder:
         chunks = [[row.ids[i] for i in p] if row else [] for row, p in rows]
         movable = [[row.kind[i] in self.movable for i in p] if row else [] for row, p in rows]
         logits = self.cache.feed(chunks, self.pending, self.pending, movable)
-        held = self.cache.occupancy().tolist()
-        sliding = self.cache.sliding_occupancy()
-        sliding = sliding.tolist() if sliding is not None else [None] * len(held)
-        for row, chunk, n, w in zip(self.rows, chunks, held, sliding, strict=True):
+        for slot, chunk in enumerate(chunks):
             if chunk:
-                row.kv_timeline.append(int(n))
-                if w is not None:
-                    row.sliding_timeline.append(int(w))
+                self._record(slot)
         self.fed = [len(c) for c in chunks]
         self.pending = [[] for _ in self.rows]
         return logits
@@ -133,17 +173,18 @@ class Decoder:
         elif len(keep) == len(self.rows):
             self.cache.compact()
 
-    def evict(self, slot: int, block: int) -> list[int]:
+    def evict(self, slot: int, block: int, trigger: int | None = None) -> list[int]:
         """Free the row's `block`. Restart mode also frees the surviving tokens to recompute (strict: every one fed
         after the block's first token; release: the newest memento's, `EvictionPolicy.recompute_from`) and returns
         their indices: `push` feeds them again, in order and before the row's new token, so their KV is recomputed
-        over what survives (one forward for the whole batch, not one per eviction)."""
+        over what survives (one forward for the whole batch, not one per eviction). `trigger`: the token not to see
+        the block (default: the row's newest, not fed yet)."""
         row = self.rows[slot]
         gone = row.block_tokens(block)
         freed = self.cache.free(slot, gone)
         row.evicted_tokens += freed
         row.evictions += 1
-        fed = len(row.ids) - 1  # the newest token (the trigger) is not fed yet
+        fed = len(row.ids) - 1 if trigger is None else trigger  # the trigger is not fed yet
         start = self.policy.recompute_from(row.kind, fed, int(gone.min())) if freed else None
         if start is None:
             return []
@@ -161,8 +202,9 @@ def teacher_force(
     decoder holding its final cache. The prompt (ids[:completion_start]) is prefilled at once, every later token fed
     one by one; `check`: verify the cache's integrity after every step."""
     decoder = Decoder(model, special, policy)
+    decoder.keep_prefill = True
     decoder.start(0, ids[:completion_start])
-    out = [decoder.forward()[0]]
+    out = [*decoder.prefilled.pop(0, []), decoder.forward()[0][decoder.prefill_redo.pop(0, 0) :]]
     for token in ids[completion_start:]:
         decoder.push(0, token)
         decoder.settle()

@@ -113,8 +113,21 @@ class MementoScheduler(Scheduler):
             prompt = list(request.prompt_token_ids or [])
             policy = request_policy(self.memento.policy, request.sampling_params)
             track = Track(Row.start(prompt, self.memento.special, policy))
+            for trigger, block in track.row.prompt_evictions:  # compact_prompt: blocks of earlier turns
+                self._record(track, trigger, block)
             self.tracks[request.request_id] = track
         return track
+
+    @staticmethod
+    def _record(track: Track, trigger: int, block: int) -> None:
+        """Record that `block` goes before the token at `trigger` is fed."""
+        row = track.row
+        gone = row.block_tokens(block).numpy()
+        if not len(gone):
+            return
+        start = row.tracker.policy.recompute_from(row.kind, trigger, int(gone.min()))
+        redo = None if start is None or start >= trigger else max(start, int(gone.max()) + 1)
+        track.events.append(Eviction(trigger=trigger, gone=gone, redo_from=redo))
 
     def _label(self, request) -> None:
         """Label the tokens sampled since the last call; record the evictions they trigger."""
@@ -123,14 +136,8 @@ class MementoScheduler(Scheduler):
         while len(row.ids) < len(tokens):
             t = len(row.ids)
             block = row.add(tokens[t])
-            if block is None:
-                continue
-            gone = row.block_tokens(block).numpy()
-            if not len(gone):
-                continue
-            start = row.tracker.policy.recompute_from(row.kind, t, int(gone.min()))
-            redo = None if start is None or start >= t else max(start, int(gone.max()) + 1)
-            track.events.append(Eviction(trigger=t, gone=gone, redo_from=redo))
+            if block is not None:
+                self._record(track, t, block)
 
     def _apply(self, request, track: Track) -> None:
         """Apply the pending eviction of a request whose next token to feed is its trigger."""
@@ -178,9 +185,10 @@ class MementoScheduler(Scheduler):
         return out
 
     def _reserve_prefill_lookahead(self, request, num_computed_tokens: int, num_new_tokens: int) -> int:
-        """A replayed prefill stops at the next recorded eviction, which is applied before the rest is fed."""
+        """A prefill stops at the next recorded eviction, which is applied before the rest is fed: a replay after
+        preemption, or a prompt whose blocks are compacted (`compact_prompt`)."""
         n = super()._reserve_prefill_lookahead(request, num_computed_tokens, num_new_tokens)
-        track = self.tracks.get(request.request_id)
+        track = self._track(request)  # made here, before the first chunk, which a compacted prompt's eviction cuts
         if track is not None and track.pending is not None and track.pending.trigger > num_computed_tokens:
             n = min(n, track.pending.trigger - num_computed_tokens)
         return n
