@@ -47,6 +47,7 @@ def test_demo_writes_report_results_and_plots(ran):
     assert control["accuracy_evict"] is None and control["peak_vs_control"] == 1.0
     compared = {"memento vs control", "equal total compute", "equal stage-2 compute", "restart"}
     assert compared <= set(results["comparisons"])
+    assert results["comparisons"]["restart"]["modes"] == ["strict", "release"]
     roles = {row["role"] for row in results["probe"]["evict"]}
     assert {"causal control", "direct", "masked +1", "masked +7"} <= roles
     report = (ran.out / "report.md").read_text()
@@ -54,6 +55,7 @@ def test_demo_writes_report_results_and_plots(ran):
         assert heading in report
     assert results["live_step"]["seconds"] > 0 and results["live_step"]["precision"] in ("bf16", "fp32")
     assert "T was sized to this machine" in report and "| live: leakage probe |" in report
+    assert "Both restart modes give this number" in report
     assert "live: leakage probe" in results["phases"] and "writing the report" in results["phases"]
     assert sum(results["phases"].values()) == pytest.approx(results["seconds"], abs=1.0)
 

@@ -183,6 +183,7 @@ def comparisons(results: list[Accuracy]) -> dict:
             "evict": cur.evict.accuracy,
             "restart": cur.restart.accuracy,
             "difference": restart_effect(cur)._asdict(),
+            "modes": ["strict", "release"],  # the same tokens recomputed under the toy's policy (see the report)
         }
     return out
 
@@ -242,6 +243,13 @@ def write(out: Path, results: dict, leak: dict, plots: dict[str, Path]) -> Path:
         lines.append(
             f"Curriculum model: eviction {pct(c['evict'])}, restart {pct(c['restart'])}: "
             f"{100 * d['delta']:+.1f} pp {interval(d['ci'])} (paper: {PAPER['restart']})."
+        )
+        lines.append(
+            "Both restart modes give this number: strict (ours: every token fed after the block is recomputed) and "
+            "release (the paper's release: the delimiters always leave with the block, the newest memento is "
+            "recomputed) recompute exactly the same tokens when keep 0 evicts the delimiters, as the toy does "
+            "(`tests/test_invariant.py::test_the_two_restart_modes_coincide_with_keep0_and_the_delimiters_evicted`). "
+            "They differ when the delimiters stay (Qwen3, OLMo-3) or with keep N > 0."
         )
     last = evict.accuracy.shape[0] - 1
     lines += [
