@@ -20,6 +20,7 @@ LAYERS = (  # lowest first
     ("tokenizer", "synthetic"),  # Memento tokens on any HF tokenizer; the toy tasks' trace generators
     ("data", "train", "engine"),  # the working parts (engine includes the vLLM extension)
     ("eval", "probe"),  # measuring: accuracy + KV, leakage
+    ("rl",),  # block-masked RL: rollouts from the engines, rewards from eval's checkers
     ("toy",),  # the toy experiments and the demo, scored and probed with the layer below
     ("cli",),  # the command line
     ("__main__",),

@@ -54,6 +54,7 @@ class Completion:
     finish_reason: str  # stop | length | forced (teacher forcing ran out of tokens)
     stats: KVStats
     logits: torch.Tensor | None = field(default=None, repr=False)  # (steps, V) when asked for
+    logprobs: list[float] | None = field(default=None, repr=False)  # of each completion token, when asked for
 
     @property
     def fed(self) -> list[int]:
@@ -97,6 +98,7 @@ class Engine:
         processor: Processor | None = None,
         seeds: list[int] | None = None,
         stop: Callable[[list[int]], bool] | None = None,
+        return_logprobs: bool = False,
     ) -> list[Completion]:
         """Generate for every prompt. `force[i]`: completion tokens to feed instead of sampling (teacher forcing).
 
@@ -104,6 +106,8 @@ class Engine:
         `processor(request, ids, logits) -> logits` may reshape the (V,) logits before sampling (constraints);
         `stop(ids)` ends a request when true (stop strings). The policy's `max_block_tokens` / `max_blocks` override
         all of them. `seeds[i]`: request i's own sampling seed (else request i draws from `sampling.seed + i`).
+        `return_logprobs`: each completion token's log-prob under the model's logits at the sampling temperature (1
+        when greedy), before any `processor` (RL's sampled log-probs).
         """
         sampling = sampling or Sampling()
         if seeds is not None and len(seeds) != len(prompts):
@@ -113,6 +117,8 @@ class Engine:
             for i in range(len(prompts))
         ]
         logits_log: list[list[torch.Tensor]] = [[] for _ in prompts]
+        logprob_log: list[list[float]] = [[] for _ in prompts]
+        temperature = sampling.temperature or 1.0
         started = [0.0] * len(prompts)
         results: list[Completion | None] = [None] * len(prompts)
         queue = deque(range(len(prompts)))
@@ -128,6 +134,8 @@ class Engine:
             row = decoder.finish(slot)
             r = row.request
             results[r] = self._completion(prompts[r], row, reason, started[r], logits_log[r])
+            if return_logprobs:
+                results[r].logprobs = logprob_log[r]
             admit(slot)
 
         for slot in range(len(decoder.rows)):
@@ -150,6 +158,8 @@ class Engine:
                 else:
                     scores = last if processor is None else processor(r, row.ids, last)
                     token = self._steer(row, scores, sampling, generators[r])
+                if return_logprobs:
+                    logprob_log[r].append(float(torch.log_softmax(last.float() / temperature, -1)[token]))
                 block = row.add(token)
                 if on_token is not None:
                     on_token(r, token, Kind(row.kind[-1]), row.block[-1])

@@ -108,6 +108,7 @@ class ReferenceEngine:
         return_logits: bool = False,
         processor: Processor | None = None,
         seeds: list[int] | None = None,
+        return_logprobs: bool = False,
     ) -> list[Generation]:
         """Generate for every prompt (a text, or a chat's messages); the arguments are `Engine.generate`'s, and
         `sampling.stop` holds stop strings."""
@@ -131,5 +132,6 @@ class ReferenceEngine:
             processor,
             seeds,
             stop,
+            return_logprobs,
         )
         return [Generation(**vars(c), prompt=p, text=self.decode(c.ids)) for p, c in zip(prompts, done, strict=True)]

@@ -5,7 +5,9 @@ trained on): evaluating a shipped checkpoint with `--limit 64` scores the proble
 those of `memento demo --full`. The check is the demo's own: the last `\\boxed{...}` of the whole completion must
 equal the reference's, character for character (`memento.eval.check.last_boxed`, as in the demo), so that
 `memento eval` reproduces the demo's accuracy rather than a near neighbour of it. Decode as the demo does: greedy,
-and for the Memento models `--policy keep0 --mask-delimiters`.
+and for the Memento models `--policy keep0 --mask-delimiters`. `toy:NAME?key=value&...` gives other problems of the
+task, with the same check (`memento.synthetic.tasks.from_spec`: e.g. `toy:orbit?split=train&n=2000&seed=1`, the
+training problems `memento rl` draws its prompts from).
 """
 
 from __future__ import annotations
@@ -34,15 +36,17 @@ class Toy(Task):
     def __init__(self, name: str = "orbit"):
         from memento.synthetic.tasks import TASKS
 
-        if name not in TASKS:
+        toy, _, query = name.partition("?")  # toy:orbit?split=train&n=2000&seed=1: other problems (RL prompts)
+        if toy not in TASKS:
             raise MementoError(f"task toy:{name}: unknown toy task; choose from {', '.join(TASKS)}")
-        self.toy, self.name = name, f"toy:{name}"
+        self.toy, self.query, self.name = toy, query, f"toy:{name}"
 
     def problems(self) -> list[Problem]:
-        return [
-            Problem(f"{self.toy}/{i}", t.problem, last_boxed(t.answer) or t.answer)
-            for i, t in enumerate(_traces(self.toy))
-        ]
+        from memento.synthetic.tasks import from_spec
+
+        traces = from_spec(self.name) if self.query else _traces(self.toy)
+        prefix = f"{self.toy}?{self.query}" if self.query else self.toy
+        return [Problem(f"{prefix}/{i}", t.problem, last_boxed(t.answer) or t.answer) for i, t in enumerate(traces)]
 
     def check(self, problem: Problem, completion: str) -> Verdict:
         answer = last_boxed(completion)
