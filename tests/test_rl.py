@@ -85,6 +85,9 @@ def test_a_short_run_learns_logs_and_resumes_exactly(tmp_path):
         assert r["mismatch_max"] < 1e-3 and r["blocks_per_rollout"] > 1 and r["kv_peak_max"] > 0
         assert {"kl", "clip_fraction", "block_length", "accuracy", "grad_norm", "lr"} <= set(r)
     assert (tmp_path / "full" / "tensorboard").is_dir()
+    text = Path(summary["report"]).read_text()
+    assert "Held-out accuracy" in text and "| blocks per rollout |" in text
+    assert (tmp_path / "full" / "curves.png").stat().st_size > 0
 
     part = load_recipe(RECIPE, [*SMALL, f"out={tmp_path / 'part'}", "save_every=1"])
     RLTrainer(load_recipe(RECIPE, [*SMALL, f"out={tmp_path / 'part'}", "save_every=1", "steps=1"]), False).run(

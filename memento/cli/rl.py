@@ -40,4 +40,4 @@ def rl(
             f"accuracy {summary['before']:.3f} -> {summary['after']:.3f} "
             f"({100 * d.get('delta', 0):+.1f} pp, paired 95% CI {[round(100 * x, 1) for x in d.get('ci', [])]})"
         )
-    out.print(f"model: {summary['final']}   log: {Path(config.out) / 'log.jsonl'}")
+    out.print(f"model: {summary['final']}   log: {Path(config.out) / 'log.jsonl'}   report: {summary['report']}")

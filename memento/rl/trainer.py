@@ -36,6 +36,7 @@ from memento.core.spans import Kind, label
 from memento.engine.generate import Generation, ReferenceEngine
 from memento.engine.sampling import Sampling
 from memento.eval.run import paired, problems_of
+from memento.rl import report
 from memento.rl.config import RLConfig
 from memento.rl.loss import advantages, policy_loss
 from memento.train.masks import model_mask, recompute_triggers, schedules
@@ -318,6 +319,7 @@ class RLTrainer:
                 difference = paired(after["records"], before["records"])
                 summary["difference"] = None if difference is None else difference._asdict()
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        summary["report"] = str(report.write(self.out))
         if self.writer is not None:
             self.writer.close()
         return summary
