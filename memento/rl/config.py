@@ -16,7 +16,7 @@ from memento.core.errors import MementoError
 from memento.core.policy import EvictionPolicy
 from memento.train.config import Optim, _build, apply_overrides
 
-ENGINES = ("reference",)  # the vLLM rollout engine (weights synced after each update) is not wired in yet
+ENGINES = ("reference", "vllm")  # vllm: the extension, weights synced into the running engine after each update
 LOSSES = ("cispo", "grpo")
 
 
@@ -32,9 +32,7 @@ class Rollout:
 
     def __post_init__(self):
         if self.engine not in ENGINES:
-            raise MementoError(
-                f"engine must be one of {', '.join(ENGINES)}, got '{self.engine}' (vLLM rollouts are not wired in yet)"
-            )
+            raise MementoError(f"engine must be one of {', '.join(ENGINES)}, got '{self.engine}'")
         if self.group_size < 2:
             got = self.group_size
             raise MementoError(f"group_size must be at least 2 (advantages compare a prompt's rollouts), got {got}")

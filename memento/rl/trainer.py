@@ -1,8 +1,9 @@
 """The RL loop: rollouts with physical eviction, block-masked log-probs, CISPO updates, logged and resumable.
 
 One step: draw `prompts_per_step` prompts from the task (a fixed order per seed, so a resumed run draws the same),
-sample `group_size` rollouts of each on the reference engine under the Memento policy (blocks evicted as they are
-written), reward each with the task's checker, and recompute every rollout's token log-probs with one forward under
+sample `group_size` rollouts of each under the Memento policy (blocks evicted as they are written; the reference
+engine, or the vLLM extension with the weights synced after each update: `memento.rl.rollouts`), reward each with
+the task's checker, and recompute every rollout's token log-probs with one forward under
 the stage-2 mask of its own eviction schedule. That forward sees exactly what the engine's cache held, so its
 log-probs equal the ones the engine sampled with: the gap is logged every step (`mismatch_mean`, `mismatch_max`) and
 the run stops when it passes `mismatch_threshold` (a mask that disagrees with the engine trains on tokens the policy
@@ -33,12 +34,12 @@ import torch
 from memento.core.errors import MementoError
 from memento.core.policy import EvictionPolicy
 from memento.core.spans import Kind, label
-from memento.engine.generate import Generation, ReferenceEngine
-from memento.engine.sampling import Sampling
+from memento.engine.generate import ReferenceEngine
 from memento.eval.run import paired, problems_of
 from memento.rl import report
 from memento.rl.config import RLConfig
 from memento.rl.loss import advantages, policy_loss
+from memento.rl.rollouts import ReferenceRollouts, Sample, VLLMRollouts
 from memento.train.masks import model_mask, recompute_triggers, schedules
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 class Rollouts:
     """One step's rollouts, a prompt's `group_size` rollouts adjacent."""
 
-    generations: list[Generation]
+    generations: list[Sample]
     rewards: torch.Tensor  # (N,)
     group: torch.Tensor  # (N,) the prompt of each rollout
 
@@ -57,7 +58,7 @@ class Rollouts:
 
 
 def completion_logprobs(
-    model, generations: list[Generation], special, policy: EvictionPolicy, temperature: float = 1.0
+    model, generations: list, special, policy: EvictionPolicy, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of every completion token (at `temperature`) under one forward with the Memento mask of each
     sequence's own eviction schedule: (N, C) values and (N, C) True where a completion token is. What the engine
@@ -111,6 +112,12 @@ class RLTrainer:
             weight_decay=config.optim.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        if config.rollout.engine == "vllm":
+            context = getattr(self.model.config, "max_position_embeddings", None) or 4096
+            args = (config.model, self.tokenizer, self.policy, config.rollout, context, config.seed)
+            self.rollouter = VLLMRollouts(*args)
+        else:
+            self.rollouter = ReferenceRollouts(self.engine, config.rollout)
         self.writer = None
         if config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -138,8 +145,7 @@ class RLTrainer:
         problems = self.prompts(step)
         texts = [p.prompt for p in problems for _ in range(r.group_size)]
         seeds = [self.config.seed * 1_000_003 + step * 10_007 + i for i in range(len(texts))]
-        sampling = Sampling(max_new_tokens=r.max_new_tokens, temperature=r.temperature)
-        generations = self.engine.generate(texts, sampling, batch_size=r.batch_size, seeds=seeds, return_logprobs=True)
+        generations = self.rollouter.sample(texts, seeds)
         asked = [p for p in problems for _ in range(r.group_size)]
         rewards = [float(self.task.check(p, g.text).correct) for p, g in zip(asked, generations, strict=True)]
         group = torch.arange(len(problems)).repeat_interleave(r.group_size)
@@ -195,8 +201,8 @@ class RLTrainer:
             self.scheduler.step()
             kls.append(terms.kl)
             clips.append(terms.clipped)
-            losses.append(float(terms.loss))
-        stats = [g.stats for g in batch.generations]
+            losses.append(float(terms.loss.detach()))
+        self.rollouter.sync(self.model)  # the next rollouts sample from the updated weights
         blocks = [label(g.prompt_ids + g.ids, self.special, len(g.prompt_ids), strict=False) for g in batch.generations]
         lengths = np.concatenate([s.count(Kind.BLOCK) for s in blocks]) if blocks else np.zeros(0)
         record |= {
@@ -207,9 +213,9 @@ class RLTrainer:
             "clip_fraction": float(np.mean(clips)),
             "grad_norm": float(norm),
             "lr": self.scheduler.get_last_lr()[0],
-            "kv_peak_mean": float(np.mean([s.peak_kv_tokens for s in stats])),
-            "kv_peak_max": int(max(s.peak_kv_tokens for s in stats)),
-            "blocks_per_rollout": float(np.mean([s.blocks for s in stats])),
+            "kv_peak_mean": float(np.mean([g.peak_kv_tokens for g in batch.generations])),
+            "kv_peak_max": int(max(g.peak_kv_tokens for g in batch.generations)),
+            "blocks_per_rollout": float(np.mean([g.blocks for g in batch.generations])),
             "block_length": float(lengths.mean()) if len(lengths) else 0.0,
             "completion_tokens": float(np.mean([len(g.ids) for g in batch.generations])),
             "rollout_seconds": round(rolled - started, 2),
@@ -291,6 +297,8 @@ class RLTrainer:
 
         c = self.config
         start = self._resume() if resume else 0
+        if start:
+            self.rollouter.sync(self.model)
         if not resume:
             self.log_path.write_text("")
         before = self.evaluate("before") if evaluate and start == 0 else None
@@ -322,4 +330,5 @@ class RLTrainer:
         summary["report"] = str(report.write(self.out))
         if self.writer is not None:
             self.writer.close()
+        self.rollouter.close()
         return summary

@@ -132,6 +132,13 @@ class MementoWorker(_Base):
                     self._truncate(rid, keep)
         return super().execute_model(scheduler_output)
 
+    def memento_load_weights(self, path: str) -> None:
+        """Replace the running model's weights with those of a safetensors file of Hugging Face names (RL: the
+        trainer's weights after an update; `LLM.collective_rpc("memento_load_weights", args=(path,))`)."""
+        from safetensors.torch import load_file
+
+        self.model_runner.model.load_weights(load_file(path).items())
+
     def _truncate(self, rid: str, keep: int) -> None:
         """The request owns its first `keep` pages only (the scheduler freed the rest)."""
         runner = self.model_runner
