@@ -66,8 +66,12 @@ def test_recipe_validation_names_the_field():
         from_dict({**base, "minibatches": 3})
     with pytest.raises(MementoError, match="unknown field"):
         from_dict({**base, "rollouts": {}})
-    with pytest.raises(MementoError, match="vLLM rollouts are not wired in yet"):
-        from_dict({**base, "rollout": {"engine": "vllm"}})
+    with pytest.raises(MementoError, match="engine must be one of reference, vllm, got 'tgi'"):
+        from_dict({**base, "rollout": {"engine": "tgi"}})
+    with pytest.raises(MementoError, match="vLLM rollouts return the raw model's log-probs"):
+        from memento.rl.rollouts import VLLMRollouts
+
+        VLLMRollouts("unused", None, EvictionPolicy(0), from_dict({**base, "rollout": {"temperature": 0.6}}).rollout, 1, 0)
     assert from_dict(base).memento_policy() == EvictionPolicy(0)  # the toy's folder has no family: keep 0
 
 
