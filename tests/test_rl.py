@@ -71,7 +71,8 @@ def test_recipe_validation_names_the_field():
     with pytest.raises(MementoError, match="vLLM rollouts return the raw model's log-probs"):
         from memento.rl.rollouts import VLLMRollouts
 
-        VLLMRollouts("unused", None, EvictionPolicy(0), from_dict({**base, "rollout": {"temperature": 0.6}}).rollout, 1, 0)
+        cold = from_dict({**base, "rollout": {"temperature": 0.6}}).rollout
+        VLLMRollouts("unused", None, EvictionPolicy(0), cold, 1, 0)
     assert from_dict(base).memento_policy() == EvictionPolicy(0)  # the toy's folder has no family: keep 0
 
 
