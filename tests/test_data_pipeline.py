@@ -191,3 +191,67 @@ def test_refused_requests_and_empty_reasoning_are_journaled_failures(tmp_path):
     assert stats["failures_by_kind"] == {"LLMRequestError": 1, "MementoError": 1}
     records = [json.loads(line) for line in (tmp_path / "out" / "journal.jsonl").read_text().splitlines()]
     assert {r["id"] for r in records} == {"in-1", "ot3-train-0000030"}
+
+
+def memento_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([MEMENTO, *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_build_says_what_it_dropped_judged_left_short_and_resumed(tmp_path):
+    """The console, stats.json and report.md say: seed-filter drops (an unclosed <think>), the judge's pass rate,
+    traces too short to cut (the only way a block is under min_block_tokens), and, on a re-run, what was done."""
+    steps = "\n\n".join(
+        f"Step {i}: multiply {i} by 3 to get {3 * i}, then add 1 to get {3 * i + 1}." for i in range(40)
+    )
+    rows = [
+        {"problem": "p", "cot": "<think>\nLet me think. The reasoning never ends"},
+        {"problem": "p", "cot": "<think>\nThe value is 4, so we are done.\n</think>\n\n4"},
+        {"problem": "p", "cot": f"<think>\n{steps}\n</think>\n\nThe answer is 118."},
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    first = memento_cli("data", "build", source, "--out", out)
+    assert first.returncode == 0, first.stderr
+    assert "2 traces built, 0 failed, 1 left out by the seed filters (no </think>: 1)" in first.stdout
+    assert "mementos passing the judge (score >= 8): " in first.stdout and "% at first" in first.stdout
+    assert "note: 1 trace(s) had under 200 tokens of reasoning (min_block_tokens): too short to cut" in first.stdout
+    assert "resumed" not in first.stdout
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["dropped_by_reason"] == {"no </think>": 1} and stats["short_traces"] == 1
+    assert stats["block_tokens"]["min"] < 200
+    report = (out / "report.md").read_text()
+    assert "left out by the seed filters: no </think>: 1)" in report and "too short to cut" in report
+    assert "LLM: 0 calls, 0 answered from the cache, 0 retries" in report and "{" not in report
+    again = memento_cli("data", "build", source, "--out", out)
+    assert again.returncode == 0 and f"resumed: 3 of 3 traces were done by an earlier run into {out}" in again.stdout
+    assert (out / "report.md").read_text() == report  # what a re-run found is said, not written
+
+
+def test_cli_empty_cot_is_named_and_a_failed_build_locks_nothing(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"problem": "p", "cot": ""}) + "\n")
+    out = tmp_path / "out"
+    failed = memento_cli("data", "build", empty, "--out", out)
+    assert failed.returncode == 2
+    assert failed.stderr.strip() == f"error: {empty}:1: field 'cot' is empty (no chain of thought)"
+    assert not (out / "config.json").exists()
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"problem": "p", "cot": "<think>\nThe value is 4.\n</think>\n\n4"}) + "\n")
+    again = memento_cli("data", "build", good, "--out", out)  # another input into the same folder
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "config.json").read_text())["input"] == str(good)
+
+
+def test_histograms_have_axis_labels_and_a_raw_vs_merged_legend(tmp_path, monkeypatch):
+    import memento.data.report as report
+
+    figures = []
+    monkeypatch.setattr(report, "save", lambda fig, path: figures.append(fig) or path)
+    stats = {"units_raw": 9, "units": 4, "blocks": 2, "block_tokens": [300, 250], "memento_tokens": [50, 40]}
+    report._plots(tmp_path, [stats | {"judge_rounds": [[6.0, 9.0]]}])
+    [fig] = figures
+    legend = fig.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["raw (before merging)", "merged"]
+    assert all(ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes)
+    report.pyplot().close(fig)

@@ -51,7 +51,8 @@ def data_build(
         typer.Option(
             "--count-tokens",
             "--tokenizer",
-            help="Token counter for block sizes: cl100k (the release's), qwen, smollm2 or a model folder.",
+            help="Token counter for block sizes: cl100k (the release's), qwen, smollm2, chars (one token per "
+            "character) or a model folder.",
         ),
     ] = "cl100k",
     workers: Annotated[int, typer.Option(help="Traces processed concurrently.")] = 1,
@@ -93,10 +94,27 @@ def data_build(
         stats = build(
             input, out_dir, config, progress=lambda done, total: bar.update(task, completed=done, total=total)
         )
+    _summary(stats, out_dir, min_block_tokens)
+    if stats["unfinished"]:
+        err.print(f"{stats['unfinished']} traces not finished (the LLM endpoint failed): re-run to retry them")
+
+
+def _summary(stats: dict, out_dir: Path, min_block_tokens: int) -> None:
+    from memento.data.report import readable, short_note
+
+    if stats["resumed"]:
+        out.print(f"resumed: {stats['resumed']} of {stats['todo']} traces were done by an earlier run into {out_dir}")
+    dropped = ""
+    if stats["dropped"]:
+        dropped = f", {stats['dropped']} left out by the seed filters ({readable(stats['dropped_by_reason'])})"
     out.print(
-        f"{stats['succeeded']} traces built, {stats['failed']} failed -> {out_dir / 'openmementos.jsonl'}; "
+        f"{stats['succeeded']} traces built, {stats['failed']} failed{dropped} -> {out_dir / 'openmementos.jsonl'}; "
         f"median {stats['blocks_per_trace'].get('median', 0):g} blocks per trace, compression per trace "
         f"{stats['compression_per_trace'].get('mean', 0):.3f}; report: {out_dir / 'report.md'}"
     )
-    if stats["unfinished"]:
-        err.print(f"{stats['unfinished']} traces not finished (the LLM endpoint failed): re-run to retry them")
+    rates = [r for r in stats["judge_pass_rate_per_round"] if r is not None]
+    if rates:
+        steps = [f"{rates[0]:.0%} at first"] + [f"{r:.0%} after revision {i}" for i, r in enumerate(rates[1:], 1)]
+        out.print(f"mementos passing the judge (score >= 8): {', '.join(steps)}")
+    if stats["short_traces"]:
+        out.print(f"note: {short_note(stats['short_traces'], min_block_tokens)}")

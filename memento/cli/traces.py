@@ -13,11 +13,25 @@ from rich.table import Table
 from memento.cli.app import app, err, out, user_errors
 from memento.core.errors import MementoError
 
+TOKENIZERS = "qwen (the Qwen3 vocabulary), smollm2, chars (the toy world's one token per character)"
+
 
 def _load_traces(path: Path, lenient: bool):
     from memento.core.rows import read_traces
 
-    traces = read_traces(path, lenient=lenient)
+    dropped = []  # what --lenient left out, said on stderr so that a missing block is never silent
+    traces = read_traces(
+        path, lenient=lenient, on_drop=lambda where, ds: dropped.extend((where, d) for d in sorted(ds))
+    )
+    for where, d in dropped[:10]:
+        text = " ".join(d.text.split())
+        text = f": {text[:60]!r}{'...' if len(text) > 60 else ''}" if text else ""
+        err.print(
+            f"warning: {where}: field 'response': --lenient dropped {d.reason} (at character {d.offset}){text}",
+            markup=False,
+        )
+    if len(dropped) > 10:
+        err.print(f"warning: --lenient dropped {len(dropped) - 10} more piece(s) of {path}", markup=False)
     if not traces:
         raise MementoError(f"{path}: no traces found")
     return traces
@@ -34,7 +48,7 @@ def _labelled(traces, tokenizer, quiet: bool):
 @user_errors
 def inspect(
     path: Annotated[Path, typer.Argument(help="OpenMementos rows (.jsonl/.json/.parquet) or a segments JSON file.")],
-    tokenizer: Annotated[str, typer.Option(help="qwen, smollm2 or a Hugging Face model folder.")] = "qwen",
+    tokenizer: Annotated[str, typer.Option(help=f"{TOKENIZERS} or a Hugging Face model folder.")] = "qwen",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     lenient: Annotated[bool, typer.Option(help="Recover what parses from malformed responses.")] = False,
 ):
@@ -85,7 +99,9 @@ def kv(
         bool, typer.Option(help="The last block stays visible to the answer.")
     ] = False,
     restart: Annotated[bool, typer.Option(help="Strict forgetting (same KV occupancy as keepN).")] = False,
-    tokenizer: Annotated[str | None, typer.Option(help="Override the tokenizer: qwen, smollm2 or a folder.")] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help=f"Override the model's tokenizer: {TOKENIZERS} or a model folder.")
+    ] = None,
     plot: Annotated[Path | None, typer.Option(help="Write the KV sawtooth of one trace to this PNG.")] = None,
     index: Annotated[int, typer.Option(help="Which trace to plot.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -117,8 +133,9 @@ def kv(
         "policy": policy,
         "traces": per_trace,
     }
-    if plot is not None:
-        title = f"{geometry.name}, {policy}: peak {result['peak_ratio']:.2f}x lower"
+    if plot is not None:  # the title describes the plotted trace, not the mean over all of them
+        which = f", trace index {index}" if len(traces) > 1 else ""
+        title = f"{geometry.name}, {policy}{which}: peak {per_trace[index]['peak_ratio']:.2f}x lower"
         result["plot"] = str(plot_sawtooth(comparisons[index], plot, title))
     if as_json:
         out.print_json(json.dumps(result))
@@ -126,13 +143,17 @@ def kv(
     gib = 1e9
     kib = geometry.bytes_per_token / 1024
     out.print(f"{len(traces)} trace(s), {geometry.name} ({kib:g} KiB/token), policy {policy}")
+    if len(traces) > 1:
+        out.print(f"mean over the {len(traces)} traces of each trace's peak and AUC; ratios of the means")
+    mean = "mean " if len(traces) > 1 else ""
     out.print(
-        f"peak KV: full {result['full_peak_bytes'] / gib:.3f} GB -> memento {result['memento_peak_bytes'] / gib:.3f} GB"
-        f"  ({result['peak_ratio']:.2f}x lower)"
+        f"{mean}peak KV: full {result['full_peak_bytes'] / gib:.3f} GB -> "
+        f"memento {result['memento_peak_bytes'] / gib:.3f} GB  ({result['peak_ratio']:.2f}x lower)"
     )
     out.print(
-        f"KV AUC:  full {result['full_auc_gb_ktok']:.3f} -> memento {result['memento_auc_gb_ktok']:.3f} GB x ktok"
-        f"  ({result['auc_ratio']:.2f}x lower)"
+        f"{mean}KV AUC:  full {result['full_auc_gb_ktok']:.3f} -> memento {result['memento_auc_gb_ktok']:.3f} "
+        f"GB x ktok  ({result['auc_ratio']:.2f}x lower)"
     )
     if plot is not None:
-        out.print(f"plot: {result['plot']}")
+        ratio = per_trace[index]["peak_ratio"]
+        out.print(f"plot: {result['plot']} (trace index {index}: peak {ratio:.2f}x lower)")

@@ -112,6 +112,11 @@ def geometry_of(model: str, tokenizer: str | None = None) -> Resolved:
         return Resolved(
             geometry, "qwen", f"no offline tokenizer for {model}; counting tokens with the Qwen3 vocabulary"
         )
+    if not (Path(model) / "config.json").is_file():
+        raise MementoError(
+            f"{model}: no config.json, so not a Hugging Face model folder (its config gives the KV geometry); "
+            f"give a model folder or a preset: {', '.join(PRESETS)}"
+        )
     from transformers import AutoConfig
 
     try:

@@ -13,23 +13,28 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from memento.core.errors import MementoError, TraceFormatError
-from memento.core.format import Block, Trace, parse, recover, render
+from memento.core.format import Block, Dropped, Trace, parse, recover, render
 
+FORMATS = (".jsonl", ".json", ".parquet")
 DEFAULT_FIELDS = ("problem", "response", "domain", "source", "difficulty")
 FULL_FIELDS = ("sentences", "blocks", "block_summaries")
 FULL_EXTRAS = ("boundary_scores", "judge_rounds")  # from `memento data build`: in `full` rows only, when known
 
 
-def read_traces(path: str | Path, lenient: bool = False) -> list[Trace]:
-    return list(iter_traces(path, lenient))
+OnDrop = Callable[[str, list[Dropped]], None]  # (where, what lenient parsing left out of that row)
 
 
-def iter_traces(path: str | Path, lenient: bool = False) -> Iterator[Trace]:
-    """Traces of a rows / segments file; `lenient` recovers what it can from malformed responses."""
+def read_traces(path: str | Path, lenient: bool = False, on_drop: OnDrop | None = None) -> list[Trace]:
+    return list(iter_traces(path, lenient, on_drop))
+
+
+def iter_traces(path: str | Path, lenient: bool = False, on_drop: OnDrop | None = None) -> Iterator[Trace]:
+    """Traces of a rows / segments file; `lenient` recovers what it can from malformed responses and tells
+    `on_drop` what it left out."""
     path = Path(path)
     for where, obj in read_objects(path):
         if not isinstance(obj, dict):
@@ -37,7 +42,7 @@ def iter_traces(path: str | Path, lenient: bool = False) -> Iterator[Trace]:
         if "segments" in obj:
             yield trace_from_segments(obj, where)
         else:
-            yield trace_from_row(obj, where, lenient)
+            yield trace_from_row(obj, where, lenient, on_drop)
 
 
 def read_objects(path: Path) -> Iterator[tuple[str, object]]:
@@ -61,7 +66,16 @@ def read_objects(path: Path) -> Iterator[tuple[str, object]]:
             if line.strip():
                 yield f"{path}:{n}", _loads(line, f"{path}:{n}")
         return
-    data = _loads(text, str(path))
+    if path.suffix not in FORMATS:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            raise MementoError(
+                f"{path}: unsupported format '{path.suffix or '(no suffix)'}': give a .jsonl, .json or .parquet "
+                "file of JSON objects, one per trace (raw text is not read)"
+            ) from None
+    else:
+        data = _loads(text, str(path))
     if isinstance(data, list):
         for i, obj in enumerate(data):
             yield f"{path}: item {i}", obj
@@ -85,13 +99,15 @@ def _field(obj: dict, name: str, where: str, kind: type = str):
     return value
 
 
-def trace_from_row(row: dict, where: str = "row", lenient: bool = False) -> Trace:
+def trace_from_row(row: dict, where: str = "row", lenient: bool = False, on_drop: OnDrop | None = None) -> Trace:
     problem = _field(row, "problem", where)
     response = _field(row, "response", where)
     metadata = {k: v for k, v in row.items() if k not in ("problem", "response", *FULL_FIELDS)}
     try:
         if lenient:
-            trace, _ = recover(response, problem, metadata)
+            trace, dropped = recover(response, problem, metadata)
+            if dropped and on_drop:
+                on_drop(where, dropped)
         else:
             trace = parse(response, problem, metadata)
     except TraceFormatError as e:

@@ -5,7 +5,8 @@ Design choices:
   single O_APPEND write and an fsync; a run that is killed leaves at most a torn last line, which the next run
   drops. Re-running skips every journaled trace. Final files are rebuilt from the journal in input order, so a
   resumed run's output is byte-identical to an uninterrupted one, whatever the number of workers.
-- The resolved configuration is saved as `DIR/config.json`; resuming with different settings is refused.
+- The resolved configuration is saved as `DIR/config.json` once the input and the stages are ready; resuming with
+  different settings is refused, but only once a trace is journaled (a run that produced nothing locks nothing).
 - `shard=(i, N)` keeps the traces whose input position is i mod N, so N machines can split one input.
 - Segmentation as in the paper: (sum of cut scores) / blocks - 0.5 x CV of block lengths, blocks of >= 200 tokens
   and no maximum (`memento.data.segment`); `max_block_tokens` is an opt-in cap.
@@ -203,16 +204,17 @@ def build(
     """Build (or resume) Memento data from `input_spec` into `out_dir`; returns the aggregate stats."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, config, input_spec)
+    journal = out / JOURNAL
+    done = {rec["index"] for rec in _read_journal(journal)}
+    identity = _check_config(out, config, input_spec, locked=bool(done))
     i, n = config.shard
     todo = [(k, raw) for k, raw in enumerate(iter_raw(input_spec)) if k % n == i]
     if config.limit is not None:
         todo = todo[: config.limit]
-    journal = out / JOURNAL
-    done = {rec["index"] for rec in _read_journal(journal)}
     pending = [(k, raw) for k, raw in todo if k not in done]
     log.info("%d traces, %d already done, %d to go", len(todo), len(todo) - len(pending), len(pending))
     stages = Stages(config, out)
+    (out / "config.json").write_text(identity)  # input read and stages ready: from here on the folder is this build's
     lock = threading.Lock()
     finished = len(todo) - len(pending)
     if progress:
@@ -269,19 +271,21 @@ def build(
     stats = _finalize(out, records, config, stages.counted_with)
     if unfinished:
         log.warning("%d traces not finished (the LLM endpoint failed); re-run to retry them", len(unfinished))
-    return stats | {"unfinished": len(unfinished)}
+    # What this run found done (said on the console; not in stats.json, which a resumed run must write identically).
+    return stats | {"unfinished": len(unfinished), "resumed": len(todo) - len(pending), "todo": len(todo)}
 
 
-def _check_config(out: Path, config: Config, input_spec: str) -> None:
+def _check_config(out: Path, config: Config, input_spec: str, locked: bool) -> str:
+    """The text of `config.json` for this build; refused when the folder holds journaled traces of other settings
+    (`locked`)."""
     path = out / "config.json"
     identity = {"input": input_spec, **config.identity()}
-    if path.exists():
+    if locked and path.exists():
         saved = json.loads(path.read_text())
         if saved != identity:
             diff = sorted(k for k in identity.keys() | saved.keys() if identity.get(k) != saved.get(k))
             raise MementoError(f"{out} was built with other settings ({', '.join(diff)}): use a new --out folder")
-    else:
-        path.write_text(json.dumps(identity, indent=1) + "\n")
+    return json.dumps(identity, indent=1) + "\n"
 
 
 def _read_journal(path: Path) -> list[dict]:

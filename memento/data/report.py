@@ -25,7 +25,7 @@ def _describe(values) -> dict:
     }
 
 
-def aggregate(records: list[dict]) -> dict:
+def aggregate(records: list[dict], min_block_tokens: int = 0) -> dict:
     ok = [r["stats"] for r in records if "stats" in r]
     failures = Counter(r["error"]["kind"] for r in records if "error" in r)
     dropped = Counter(r["dropped"] for r in records if "dropped" in r)
@@ -52,6 +52,8 @@ def aggregate(records: list[dict]) -> dict:
         "boundaries_raw_per_trace": _describe([s["units_raw"] - 1 for s in ok]),
         "boundaries_per_trace": _describe([s["units"] - 1 for s in ok]),
         "blocks_per_trace": _describe([s["blocks"] for s in ok]),
+        # A trace whose reasoning is shorter than the smallest block cannot be cut: it stays one (short) block.
+        "short_traces": sum(1 for s in ok if min(s["block_tokens"], default=0) < min_block_tokens),
         "block_tokens": _describe([t for s in ok for t in s["block_tokens"]]),
         "memento_tokens": _describe([t for s in ok for t in s["memento_tokens"]]),
         "compression_per_block": _describe(per_block),
@@ -65,8 +67,21 @@ def aggregate(records: list[dict]) -> dict:
     }
 
 
+def readable(counts: dict) -> str:
+    """`{'no </think>': 1, 'CJK text': 2}` as `no </think>: 1, CJK text: 2`."""
+    return ", ".join(f"{k}: {v:g}" if isinstance(v, float) else f"{k}: {v}" for k, v in counts.items())
+
+
+def short_note(n: int, min_block_tokens: int) -> str:
+    """Why `n` blocks are under the minimum: segmentation never makes one, a trace too short to cut stays whole."""
+    return (
+        f"{n} trace(s) had under {min_block_tokens} tokens of reasoning (min_block_tokens): too short to cut, "
+        "each is one block below the minimum"
+    )
+
+
 def write_report(out: Path, records: list[dict], config, counted_with: str) -> dict:
-    stats = aggregate(records) | {"token_counter": counted_with}
+    stats = aggregate(records, config.min_block_tokens) | {"token_counter": counted_with}
     (out / "stats.json").write_text(json.dumps({"config": config.identity(), **stats}, indent=1) + "\n")
     ok = [r["stats"] for r in records if "stats" in r]
     plots = _plots(out, ok)
@@ -74,14 +89,15 @@ def write_report(out: Path, records: list[dict], config, counted_with: str) -> d
         "# Memento data build report",
         "",
         f"{stats['succeeded']} of {stats['traces']} traces built ({stats['failed']} failed"
-        + (f": {stats['failures_by_kind']}" if stats["failures_by_kind"] else "")
+        + (f": {readable(stats['failures_by_kind'])}" if stats["failures_by_kind"] else "")
         + (
-            f"; {stats['dropped']} left out by the seed filters: {stats['dropped_by_reason']}"
+            f"; {stats['dropped']} left out by the seed filters: {readable(stats['dropped_by_reason'])}"
             if stats["dropped"]
             else ""
         )
         + f"), backend `{config.backend}`, tokens counted with `{counted_with}`.",
         "",
+        *([short_note(stats["short_traces"], config.min_block_tokens) + ".", ""] if stats["short_traces"] else []),
         "| measure | mean | median | min | max |",
         "|---|---|---|---|---|",
     ]
@@ -110,7 +126,13 @@ def write_report(out: Path, records: list[dict], config, counted_with: str) -> d
     ):
         label = "initial" if r == 0 else f"after revision {r}"
         lines.append(f"| {label} | {score.get('mean', 0):.2f} | {rate if rate is not None else 0:.1%} |")
-    lines += ["", f"LLM: {stats['llm']}", ""]
+    llm = stats["llm"]
+    lines += [
+        "",
+        f"LLM: {llm['calls']} calls, {llm['cached']} answered from the cache, {llm['retries']} retries, "
+        f"{llm['repairs']} repaired replies, {llm['tokens']} tokens, cost {llm['cost']:.4g}.",
+        "",
+    ]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return stats
@@ -119,19 +141,35 @@ def write_report(out: Path, records: list[dict], config, counted_with: str) -> d
 def _plots(out: Path, ok: list[dict]) -> list[Path]:
     if not ok:
         return []
+    # title: (x axis, y axis, {legend label: values}); one series needs no legend
     panels = {
-        "units per trace (raw / merged)": ([s["units_raw"] for s in ok], [s["units"] for s in ok]),
-        "blocks per trace": ([s["blocks"] for s in ok],),
-        "block tokens": ([t for s in ok for t in s["block_tokens"]],),
-        "memento tokens": ([t for s in ok for t in s["memento_tokens"]],),
-        "compression per block": (
-            [m / b for s in ok for b, m in zip(s["block_tokens"], s["memento_tokens"], strict=True) if b],
+        "units per trace": (
+            "units",
+            "traces",
+            {"raw (before merging)": [s["units_raw"] for s in ok], "merged": [s["units"] for s in ok]},
         ),
-        "judge score, last round": ([x for s in ok for x in s["judge_rounds"][-1]],),
+        "blocks per trace": ("blocks", "traces", {"": [s["blocks"] for s in ok]}),
+        "block tokens": ("tokens", "blocks", {"": [t for s in ok for t in s["block_tokens"]]}),
+        "memento tokens": ("tokens", "mementos", {"": [t for s in ok for t in s["memento_tokens"]]}),
+        "compression per block": (
+            "memento tokens / block tokens",
+            "blocks",
+            {"": [m / b for s in ok for b, m in zip(s["block_tokens"], s["memento_tokens"], strict=True) if b]},
+        ),
+        "judge score, last round": (
+            "score (pass >= 8)",
+            "mementos",
+            {"": [x for s in ok for x in s["judge_rounds"][-1]]},
+        ),
     }
     fig, axes = pyplot().subplots(2, 3, figsize=(12, 6.5), dpi=100)
-    for ax, (title, series) in zip(axes.flat, panels.items(), strict=True):
-        for values in series:
-            ax.hist(values, bins=20, alpha=0.7)
+    for ax, (title, (xlabel, ylabel, series)) in zip(axes.flat, panels.items(), strict=True):
+        bins = np.histogram_bin_edges(np.concatenate([np.asarray(v, dtype=float) for v in series.values()]), 20)
+        for label, values in series.items():  # shared bins: raw and merged compare bar for bar
+            ax.hist(values, bins=bins, alpha=0.7, label=label or None)
         ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=9)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
     return [save(fig, out / "histograms.png")]

@@ -54,8 +54,14 @@ def iter_raw(spec: str) -> Iterator[RawTrace]:
         if not isinstance(row, dict) or not isinstance(row.get("problem"), str):
             raise MementoError(f"{where}: expected an object with a string field 'problem'")
         text = row.get("cot") or row.get("response")  # a null cot column falls back to response
-        if not isinstance(text, str):
-            raise MementoError(f"{where}: missing field 'cot' or 'response' (the raw chain of thought)")
+        if not isinstance(text, str) or not text:
+            given = [k for k in ("cot", "response") if row.get(k) is not None]
+            if not given:
+                raise MementoError(f"{where}: missing field 'cot' or 'response' (the raw chain of thought)")
+            value = row[given[0]]
+            if value == "":
+                raise MementoError(f"{where}: field '{given[0]}' is empty (no chain of thought)")
+            raise MementoError(f"{where}: field '{given[0]}' must be str, got {type(value).__name__}")
         reasoning, answer = split_think(text)
         rid = str(row.get("task_id") or row.get("id") or f"{Path(spec).stem}-{n}")
         yield RawTrace(rid, row["problem"], reasoning, answer, {k: row[k] for k in KEEP if k in row}, text)
