@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +16,9 @@ from helpers import AIME_TRACE
 MEMENTO = str(Path(sys.executable).parent / "memento")
 
 
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([MEMENTO, *args], capture_output=True, text=True, timeout=300)
+def run(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = None if env is None else {**os.environ, **env}
+    proc = subprocess.run([MEMENTO, *args], capture_output=True, text=True, timeout=300, env=env)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -168,3 +172,103 @@ def test_generate_and_train_errors_are_one_line(tmp_path, smollm2_dir):
     assert proc.returncode == 2 and "optim.lr must be a number" in proc.stderr
     proc = run("generate", "hi", "--model", str(smollm2_dir), "--policy", "full", "--restart", check=False)
     assert proc.returncode == 2 and "needs eviction" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def short_context(tmp_path_factory) -> Path:
+    """The shipped toy model with a context of 64 positions (its prompts take about 30)."""
+    import memento
+
+    folder = tmp_path_factory.mktemp("toy") / "curriculum-short-context"
+    shutil.copytree(Path(memento.__file__).parent / "toy" / "checkpoints" / "curriculum", folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 64}))
+    return folder
+
+
+def test_generate_caps_new_tokens_at_the_context_and_sizes_in_one_unit(short_context):
+    from memento.core.units import size
+
+    proc = run("generate", "hi", "--model", str(short_context), "--max-new-tokens", "4096")
+    prompt, room = map(int, re.search(r"the prompt takes (\d+), so at most (\d+) new tokens", proc.stderr).groups())
+    assert prompt + room == 64 and "--max-new-tokens 4096: the model's context is 64 tokens" in proc.stderr
+    assert int(re.search(r"(\d+) tokens \((stop|length)\)", proc.stdout)[1]) <= room
+    assert re.search(r"KV peak \d+ tokens \([\d.]+ kB\)", proc.stdout), proc.stdout  # 4 KiB a token: not 0.2 MiB
+    assert (size(1.4e6), size(512), size(2.5e9), size(1e6, 3e9)) == ("1.4 MB", "512 bytes", "2.5 GB", "0.001 GB")
+
+
+def test_eval_says_the_context_caps_samples_and_shows_full_names(short_context, tmp_path):
+    args = ["eval", "--model", str(short_context), "--task", "toy:orbit", "--limit", "1", "--protocol", "none"]
+    proc = run(*args, "--max-new-tokens", "4096", "--out", str(tmp_path), "--device", "cpu", env={"COLUMNS": "80"})
+    assert "\r" not in proc.stderr  # stderr is no terminal: no progress bar
+    assert "…" not in proc.stdout  # names (and numbers) wrap in the table, never cut
+    note = "the model's context is 64 tokens, so a sample gets at most 64 minus its prompt new tokens"
+    assert f"curriculum-short-context, toy:orbit: {note} (max new tokens: 4096)" in proc.stdout
+    report = (tmp_path / "report.md").read_text()
+    assert note in report and "truncated: % of samples that stopped at the length limit" in report
+    assert "| peak KV (kB) |" in report  # its natural unit (was: 0.0002 GB)
+
+
+def test_every_bad_option_is_named_by_its_flag_with_its_value_at_once(tmp_path):
+    proc = run(
+        "generate",
+        "hi",
+        "--model",
+        str(tmp_path),
+        "--max-new-tokens",
+        "-5",
+        "--top-p",
+        "3",
+        "--temperature",
+        "-1",
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "error: --max-new-tokens -5: must be at least 1; --temperature -1.0: must be at least 0; "
+        "--top-p 3.0: must be in (0, 1]"
+    )
+    args = ["eval", "--task", "toy:orbit", "--out", str(tmp_path), "--model", str(tmp_path)]
+    proc = run(*args, "--n-samples", "0", "--batch-size", "0", "--max-blocks", "0", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "error: --n-samples 0: must be at least 1; --batch-size 0: must be at least 1; --max-blocks 0: must be at "
+        "least 1"
+    )
+    proc = run("serve", "m", "--port", "0", "--max-block-tokens", "0", "--print-command", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --max-block-tokens 0: must be at least 1; --port 0: must be in 1..65535"
+    build = run(
+        "data",
+        "build",
+        str(tmp_path / "x.jsonl"),
+        "--out",
+        str(tmp_path / "o"),
+        "--workers",
+        "-1",
+        "--rounds",
+        "-2",
+        check=False,
+    )
+    assert build.returncode == 2
+    assert build.stderr.strip() == "error: --workers -1: must be at least 1; --rounds -2: must be at least 0"
+
+
+def test_generate_checks_the_tokenizer_before_loading_the_weights(tmp_path, smollm2_dir):
+    for f in smollm2_dir.iterdir():  # no weights: loading them would fail, later and otherwise
+        if f.suffix != ".safetensors":
+            shutil.copy(f, tmp_path)
+    proc = run("generate", "hi", "--model", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "pass --add-tokens" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_shows_flags_as_flags_and_reads_at_80_columns():
+    from memento.cli.evaluate import RUN
+
+    text = run("eval", "--help", env={"COLUMNS": "80"}).stdout
+    flat = " ".join(text.split())
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert " ".join(RUN.split()) in flat  # the --run syntax whole, wrapped
+    assert "<bool>" not in text and "--answer-in-open-think " in text and "-q, --quiet " in text
+    assert "saved after each [default: 16 reference, 256 vLLM]." in flat  # not eaten as markup
+    assert "<bool>" not in run("generate", "--help").stdout and "--json " in run("generate", "--help").stdout

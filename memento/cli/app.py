@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from typing import Annotated
 
 import typer
@@ -22,6 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: wraps at 80 columns, shows flags as flags, prints "[default: ...]"
 )
 out = Console(highlight=False, soft_wrap=True, markup=False)  # never wrap or restyle paths
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -60,3 +62,9 @@ def user_errors(fn):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def progress(quiet: bool = False) -> bool:
+    """Whether to draw progress bars: not with --quiet, in CI, or when stderr is not a terminal (a log file would
+    fill with carriage returns)."""
+    return not quiet and sys.stderr.isatty() and not os.environ.get("CI")

@@ -64,8 +64,15 @@ def data_build(
     lam: Annotated[float, typer.Option("--lambda", help="Weight of the block-length CV in the objective.")] = 0.5,
 ):
     """Turn raw traces into OpenMementos rows (+ stats.json, report.md); resumable."""
+    from memento.cli import options
     from memento.data.pipeline import Config, build
 
+    options.check(
+        options.at_least("--workers", workers, 1),
+        options.at_least("--rounds", rounds, 0),
+        options.at_least("--min-block-tokens", min_block_tokens, 1),
+        options.at_least("--max-block-tokens", max_block_tokens, 0),
+    )
     config = Config(
         backend=backend,
         base_url=base_url,

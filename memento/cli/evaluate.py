@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from memento.cli import options
-from memento.cli.app import app, out, user_errors
+from memento.cli.app import app, out, progress, user_errors
 
 TASKS = (
     "The paper's 14: aime24, aime25, aime26, hmmt_feb23, hmmt_feb24, hmmt_feb25, hmmt_feb26, hmmt_nov25, brumo25, "
@@ -22,8 +22,10 @@ PROTOCOL = (
     "override it and are reported as departures; none: the options alone."
 )
 RUN = (
-    "Compare runs: NAME=MODEL[?policy=full|keepN&restart=true&mask_delimiters=true...] (repeat; the first is the "
-    "baseline). Instead of --model."
+    "Compare runs, instead of --model: NAME=MODEL, or NAME=MODEL?OPTION=VALUE&... with the options of "
+    "the policy flags below: policy (full, keepN), restart, restart_mode, mask_delimiters, "
+    "keep_last_block_for_answer (true or false), max_block_tokens, max_blocks. E.g. --run base=DIR?policy=full "
+    "--run memento=DIR?policy=keep0&restart=true (quote it in a shell). Repeat; the first is the baseline."
 )
 
 
@@ -66,7 +68,9 @@ def evaluate(
     batch_size: Annotated[
         int | None, typer.Option(help="Samples per engine call, saved after each [default: 16 reference, 256 vLLM].")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="Reference engine: cpu, cuda, cuda:1 [default: cuda?].")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="Reference engine: cpu, cuda, cuda:1 [default: cuda if there is one].")
+    ] = None,
     policy: options.Policy = "keep0",
     mask_delimiters: options.MaskDelimiters = None,
     keep_last_block_for_answer: options.KeepLastBlock = False,
@@ -83,10 +87,17 @@ def evaluate(
     same command again: finished samples are kept, the rest are generated.
     """
     from memento.core.errors import MementoError
-    from memento.eval.report import RunSpec, describe, parse_run, run_all
+    from memento.eval.report import RunSpec, context_note, describe, parse_run, run_all
 
     if (model is None) == (not run):
         raise MementoError("give either --model DIR or one or more --run NAME=DIR[?policy=...]")
+    options.check(
+        options.at_least("--n-samples", n_samples, 1),
+        *options.sampling_rules(max_new_tokens, temperature, top_p, top_k),
+        options.at_least("--limit", limit, 1),
+        options.at_least("--batch-size", batch_size, 1),
+        *options.policy_rules(max_block_tokens, max_blocks),
+    )
 
     def flags(folder):  # the policy flags, mask_delimiters from `folder`'s family preset unless given
         flags = (policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks)
@@ -110,12 +121,12 @@ def evaluate(
         "engine": engine,
         "dtype": dtype,
     }
-    result = run_all(runs, task, out_dir, common, limit, batch_size, not quiet, device, server)
+    result = run_all(runs, task, out_dir, common, limit, batch_size, progress(quiet), device, server)
     grid = Table(title="no protocol" if protocol == "none" else f"protocol {protocol}")
     columns = ["run", "policy", "task", "samples", "pass@1", "pass@k", "maj@k", "no answer", "tokens", "peak KV"]
     columns += ["KV AUC (ktok)"]
     for column in columns:
-        grid.add_column(column, justify="left" if column in ("run", "policy", "task") else "right")
+        grid.add_column(column, justify="left" if column in ("run", "policy", "task") else "right", overflow="fold")
     policies = {r.name: describe(r.policy) for r in runs}
     for s in result["summaries"]:
         lo, hi = s["pass@1_ci95"]
@@ -137,6 +148,8 @@ def evaluate(
             se = "" if c["se"] is None else f" ± {100 * c['se']:.1f}"
             out.print(f"{c_run}: Comp. Math {100 * c['pass@1']:.1f}%{se} ({len(c['tasks'])} of {c['of']} competitions)")
     for s in result["summaries"]:
+        if note := context_note(s):
+            out.print(f"{s['run']}, {s['task']}: {note}", style="yellow")
         for d in s.get("deviations") or []:
             out.print(f"{s['run']}, {s['task']}: departs from the {protocol} protocol: {d}", style="yellow")
     for d in result["differences"]:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from memento.cli import options
-from memento.cli.app import app, out, user_errors
+from memento.cli.app import app, err, out, user_errors
 
 STYLES = {"BLOCK": "dim cyan", "SUMMARY": "bold green", "ANSWER": "", "PROMPT": ""}
 
@@ -44,14 +44,28 @@ def generate(
 
     from memento.core.kv import plot_sawtooth
     from memento.core.spans import Kind
+    from memento.core.units import size
     from memento.engine.generate import ReferenceEngine
     from memento.engine.sampling import Sampling
 
+    options.check(
+        *options.sampling_rules(max_new_tokens, temperature, top_p, top_k),
+        *options.policy_rules(max_block_tokens, max_blocks),
+    )
     pol = options.policy(
         policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks, model, restart_mode
     )
-    sampling = Sampling(max_new_tokens, temperature, top_p, top_k, seed, tuple(stop or ()))
     engine = ReferenceEngine.from_pretrained(model, pol, device=device, add_tokens=add_tokens)
+    room = engine.room(prompt)
+    if room is not None and max_new_tokens > room:
+        err.print(
+            f"--max-new-tokens {max_new_tokens}: the model's context is {engine.engine.context} tokens and the prompt "
+            f"takes {engine.engine.context - room}, so at most {room} new tokens",
+            style="yellow",
+            markup=False,
+        )
+        max_new_tokens = room
+    sampling = Sampling(max_new_tokens, temperature, top_p, top_k, seed, tuple(stop or ()))
     (result,) = engine.generate(prompt, sampling)
     data = result.to_dict() | {"policy": policy}
     if plot is not None:
@@ -68,7 +82,7 @@ def generate(
     out.rule("KV")
     out.print(
         f"{s.generated_tokens} tokens ({result.finish_reason}), {s.blocks} blocks, {s.evictions} evictions freeing "
-        f"{s.evicted_tokens} tokens; KV peak {s.peak_kv_tokens} tokens ({s.peak_kv_bytes / 2**20:.2f} MiB), "
+        f"{s.evicted_tokens} tokens; KV peak {s.peak_kv_tokens} tokens ({size(s.peak_kv_bytes)}), "
         f"final {s.final_kv_tokens}; {s.ms_per_token:.1f} ms/token"
     )
     if plot is not None:

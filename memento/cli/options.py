@@ -1,10 +1,15 @@
-"""The `EvictionPolicy` options shared by `memento generate` and `memento serve`."""
+"""Options shared by commands: the `EvictionPolicy` flags of `memento generate`, `serve` and `eval`, and `check`,
+which names every option with a bad value at once."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
+
+from memento.core.errors import MementoError
+
+Rule = tuple[str, object, bool, str]  # (flag, value, whether the value is fine, what it must be): see `check`
 
 Policy = Annotated[str, typer.Option(help="full, keep0 (evict every block), keep1, or keepN.")]
 MaskDelimiters = Annotated[
@@ -73,3 +78,32 @@ def preset(model):
     if model is not None:
         err.print(f"{model}: {found.describe()}", style="dim", markup=False)
     return found
+
+
+def check(*rules: Rule) -> None:
+    """One error naming every option whose value breaks its rule, by its flag and value:
+    `check(at_least("--workers", workers, 1), ("--top-p", top_p,
+    0 < top_p <= 1, "in (0, 1]"))` -> `--workers -1: must be at least 1; --top-p 3.0: must be in (0, 1]`."""
+    bad = [f"{flag} {value}: must be {must}" for flag, value, fine, must in rules if not fine]
+    if bad:
+        raise MementoError("; ".join(bad))
+
+
+def at_least(flag: str, value: float | None, low: float) -> Rule:
+    """The rule of `check` for a number of at least `low` (None, an option not given, is fine)."""
+    return flag, value, value is None or value >= low, f"at least {low}"
+
+
+def policy_rules(max_block_tokens: int | None, max_blocks: int | None) -> list[Rule]:
+    """The rules of `check` for the policy's numeric flags."""
+    return [at_least("--max-block-tokens", max_block_tokens, 1), at_least("--max-blocks", max_blocks, 1)]
+
+
+def sampling_rules(max_new_tokens, temperature, top_p, top_k) -> list[Rule]:
+    """The rules of `check` for the sampling flags (None: not given)."""
+    return [
+        at_least("--max-new-tokens", max_new_tokens, 1),
+        at_least("--temperature", temperature, 0),
+        ("--top-p", top_p, top_p is None or 0 < top_p <= 1, "in (0, 1]"),
+        at_least("--top-k", top_k, 0),
+    ]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from memento.cli.app import app, err, out, user_errors
+from memento.cli.app import app, err, out, progress, user_errors
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -33,7 +33,7 @@ def rl(
     config = load_recipe(recipe, ctx.args)
     policy = config.memento_policy()
     err.print(f"rollouts and training masks: {policy}", markup=False)
-    summary = RLTrainer(config, progress=not quiet).run(resume, evaluate=not no_eval)
+    summary = RLTrainer(config, progress=progress(quiet)).run(resume, evaluate=not no_eval)
     if "before" in summary:
         d = summary.get("difference") or {}
         out.print(

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from memento.cli.app import app, err, out, user_errors
+from memento.cli.app import app, err, out, progress, user_errors
 
 
 @app.command()
@@ -81,7 +81,7 @@ def experiment(
     if size not in ("live", "full", "tiny"):
         raise MementoError(f"--size {size}: choose live, full or tiny")
     chosen = toy.SIZES[size]
-    folders = train_variants(toy.TASK, chosen, out_dir, seed, names=[name], progress=True)
+    folders = train_variants(toy.TASK, chosen, out_dir, seed, names=[name], progress=progress())
     scores = accuracy(folders, toy.TASK, chosen, out_dir / "eval", restart_for=() if BY_NAME[name].plain else (name,))
     rows = report.headline(scores)
     restart = scores[0].restart

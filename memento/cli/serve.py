@@ -41,6 +41,9 @@ def serve(
     """
     from memento.engine.vllm import cpu_thread_binding, environment, require_vllm, serve_flags, tensor_parallel_size
 
+    options.check(
+        *options.policy_rules(max_block_tokens, max_blocks), ("--port", port, 0 < port < 65536, "in 1..65535")
+    )
     pol = options.policy(
         policy,
         mask_delimiters,

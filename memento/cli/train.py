@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from memento.cli.app import app, err, out, user_errors
+from memento.cli.app import app, err, out, progress, user_errors
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -29,7 +29,7 @@ def train(
     from memento.train.trainer import Trainer
 
     config = load_recipe(recipe, ctx.args)
-    trainer = Trainer(config, progress=not quiet)
+    trainer = Trainer(config, progress=progress(quiet))
     if trainer.accelerator.is_main_process:
         err.print(f"precision: {trainer.precision.precision} ({trainer.precision.reason})")
     result = trainer.run(resume)

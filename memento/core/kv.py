@@ -238,14 +238,18 @@ def compare(spans: Spans, policy: EvictionPolicy, geometry: KVGeometry, completi
 
 def plot_sawtooth(comparison: Comparison, path: str | Path, title: str = "") -> Path:
     """PNG of KV held vs generated tokens, full attention vs Memento (the sawtooth)."""
+    from memento.core.units import size, unit
+
     plt = pyplot()
     start = comparison.full.completion_start
+    largest = max(comparison.full.peak_bytes, comparison.memento.peak_bytes)
+    name_of_unit, scale = unit(largest)  # one unit for the whole figure, the one its largest value reads best in
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
     for name, rep, style in (("full attention", comparison.full, "--"), ("Memento", comparison.memento, "-")):
-        gb = rep.bytes[start:] / 1e9
-        ax.plot(np.arange(len(gb)), gb, style, label=f"{name} (peak {rep.peak_bytes / 1e9:.3g} GB)")
+        held = rep.bytes[start:] / scale
+        ax.plot(np.arange(len(held)), held, style, label=f"{name} (peak {size(rep.peak_bytes, largest)})")
     ax.set_xlabel("generated tokens")
-    ax.set_ylabel("KV cache (GB)")
+    ax.set_ylabel(f"KV cache ({name_of_unit})")
     ax.set_title(title or "KV cache held during generation")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")

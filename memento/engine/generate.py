@@ -73,6 +73,8 @@ class ReferenceEngine:
         if not path.is_dir():
             raise MementoError(f"--model {path}: not a folder with a Hugging Face model")
         tokenizer = AutoTokenizer.from_pretrained(path)
+        if not add_tokens:
+            memento_ids(tokenizer)  # missing tokens: say so (and the fix) before loading the weights
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
         if add_tokens:
             give_memento_tokens(model, tokenizer)
@@ -89,6 +91,11 @@ class ReferenceEngine:
         if context and len(ids) >= context:
             raise MementoError(f"the prompt has {len(ids)} tokens; the model's context is {context}")
         return ids
+
+    def room(self, prompt: str | list[dict]) -> int | None:
+        """How many new tokens the model's context leaves after `prompt` (None: no limit)."""
+        context = self.engine.context
+        return context - len(self.encode(prompt)) if context else None
 
     def kv_comparison(self, generation: Completion) -> Comparison:
         """The KV a generation held under this engine's policy beside what full attention would have held."""

@@ -27,6 +27,7 @@ import numpy as np
 from memento.core.errors import MementoError
 from memento.core.plots import pyplot, save
 from memento.core.policy import EvictionPolicy
+from memento.core.units import unit
 from memento.eval.protocol import PROTOCOLS, settings_for
 from memento.eval.run import EvalSettings, evaluate, paired, per_problem, problems_of, read_records, records_of
 
@@ -301,6 +302,9 @@ def _header(result: dict) -> list[str]:
         ]
     if st.get("answer_in_open_think"):
         lines[0] += " Completions cut off inside <think> were read for an answer (the paper: no answer)."
+    notes = [f"- {s['run']}, {s['task']}: {note}." for s in summaries if (note := context_note(s))]
+    if notes:
+        lines += ["", "**Capped by the model's context:**", *notes]
     departures = [(s["run"], s["task"], d) for s in summaries for d in s.get("deviations") or []]
     if name and departures:
         lines += ["", f"**Departures from the {name} protocol** (these numbers are not comparable with the paper's):"]
@@ -308,6 +312,17 @@ def _header(result: dict) -> list[str]:
     elif name:
         lines += ["", f"Every run followed the {name} protocol as specified."]
     return lines
+
+
+def context_note(s: dict) -> str:
+    """What the model's context did to a run's samples, in words ("": nothing, it holds max_new_tokens and more)."""
+    context, asked = s.get("context"), s["max_new_tokens"]
+    if not context or (context > asked and not s.get("context_cut")):
+        return ""
+    return (
+        f"the model's context is {context} tokens, so a sample gets at most {context} minus its prompt new tokens "
+        f"(max new tokens: {asked}); {_pct(s.get('context_cut', 0))}% of samples stopped there (truncated)"
+    )
 
 
 def _cell(s: dict | None) -> str:
@@ -374,6 +389,7 @@ def report(result: dict) -> str:
                 s = by[r["name"], t]
                 cells.append(_pct(s["pass@1"]) + ("" if s.get("pass@1_se") is None else f" ± {_pct(s['pass@1_se'])}"))
             lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    unit_name, unit_bytes = unit(max(1e9 * (s.get("peak_kv_gb") or 0) for s in result["summaries"]))
     head = [
         "task",
         "run",
@@ -389,10 +405,19 @@ def report(result: dict) -> str:
         "blocks",
         "memento (tokens)",
         "peak KV (tokens)",
-        "peak KV (GB)",
+        f"peak KV ({unit_name})",
         "KV AUC (k tokens)",
     ]
-    lines += ["", "## Per task", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    lines += [
+        "",
+        "## Per task",
+        "",
+        "no answer: % of samples with no final answer to check; truncated: % of samples that stopped at the length "
+        "limit (max new tokens, or the model's context) instead of finishing.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---" * len(head) + "|",
+    ]
     for t in tasks:
         for r in runs:
             s = by[r["name"], t]
@@ -412,7 +437,7 @@ def report(result: dict) -> str:
                 f"{s['blocks']:.1f}",
                 "-" if s.get("memento_tokens") is None else f"{s['memento_tokens']:.1f}",
                 f"{s['peak_kv_tokens']:.0f}",
-                "-" if s.get("peak_kv_gb") is None else f"{s['peak_kv_gb']:.4f}",
+                "-" if s.get("peak_kv_gb") is None else f"{s['peak_kv_gb'] * 1e9 / unit_bytes:.3g}",
                 f"{s['auc_kv_ktok']:.1f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")

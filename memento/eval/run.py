@@ -31,6 +31,7 @@ from memento.core.format import THINK_END, THINK_START
 from memento.core.intervals import Difference, mean_interval, paired_scores, standard_error, wilson
 from memento.eval import backends
 from memento.eval.check import Verdict
+from memento.eval.protocol import model_context
 from memento.eval.settings import EvalSettings
 from memento.eval.tasks import Problem, Task, get
 
@@ -269,6 +270,11 @@ def summarize(records: list[dict], settings: EvalSettings, about: str = "", vote
         ),
         "no_answer": sum(r["outcome"] == "no_answer" for r in records) / total,
         "truncated": sum(r["finish_reason"] == "length" for r in records) / total,
+        "context": model_context(settings.model),  # the model's longest sequence: prompt and completion together
+        "context_cut": sum(  # the share of samples the context stopped before max_new_tokens
+            r["finish_reason"] == "length" and r["tokens"] < settings.max_new_tokens for r in records
+        )
+        / total,
         "tokens": mean("tokens"),
         "blocks": mean("blocks"),
         "peak_kv_tokens": mean("peak_kv_tokens"),
