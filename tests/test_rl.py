@@ -66,6 +66,10 @@ def test_recipe_validation_names_the_field():
         from_dict({**base, "minibatches": 3})
     with pytest.raises(MementoError, match="unknown field"):
         from_dict({**base, "rollouts": {}})
+    with pytest.raises(MementoError, match="steps must be int, got 'abc'"):  # an override of the wrong type
+        from_dict({**base, "steps": "abc"})
+    with pytest.raises(MementoError, match="loss: beta must be a number, got 'x'"):
+        from_dict({**base, "loss": {"beta": "x"}})
     with pytest.raises(MementoError, match="engine must be one of reference, vllm, got 'tgi'"):
         from_dict({**base, "rollout": {"engine": "tgi"}})
     with pytest.raises(MementoError, match="vLLM rollouts return the raw model's log-probs"):

@@ -73,7 +73,9 @@ def test_shipped_recipes_load():
     ("change", "message"),
     [
         ({"stages": [{"name": "a", "mask": "blocky"}]}, "stages\\[0\\]: mask must be one of causal, memento"),
-        ({"optim": {"lr": "fast"}}, "optim.lr must be a number"),
+        ({"optim": {"lr": "fast"}}, "optim: lr must be a number, got 'fast'"),
+        ({"micro_batch_size": "abc"}, "micro_batch_size must be int, got 'abc'"),  # not a Python TypeError
+        ({"stages": [{"name": "a", "epochs": "abc"}]}, "stages\\[0\\]: epochs must be a number, got 'abc'"),
         ({"optim": {"learning_rate": 1e-3}}, "optim: unknown field\\(s\\) learning_rate"),
         ({"policy": {"keep_last_n_blocks": -1}}, "needs eviction"),
         ({"global_batch_size": 12}, "not a multiple of micro_batch_size"),

@@ -3,6 +3,7 @@ which names every option with a bad value at once."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -75,7 +76,7 @@ def preset(model):
     from memento.core import presets
 
     found = presets.for_model(model) if model is not None else presets.DEFAULT
-    if model is not None:
+    if model is not None and Path(str(model)).is_dir():  # a folder whose config names its family
         err.print(f"{model}: {found.describe()}", style="dim", markup=False)
     return found
 

@@ -8,6 +8,7 @@ ended with (a fresh optimizer and schedule, the same hyperparameters: the paper'
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
@@ -166,13 +167,38 @@ class TrainConfig:
         return path
 
 
+def _typed(name: str, value, annotation: str, where: str):
+    """`value` of a field annotated `annotation` (int, float, bool, optionally `| None`), or a clear error naming the
+    field: a recipe or an override of the wrong type (`steps=abc`) must not surface as a Python comparison error."""
+    kind, _, optional = annotation.partition(" | ")
+    if value is None and optional == "None":
+        return value
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "float":
+        if isinstance(value, str):  # YAML reads 3e-3 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        return value
+    if not ok:
+        raise MementoError(f"{where}: {name} must be {'a number' if kind == 'float' else kind}, got {value!r}")
+    return value
+
+
 def _build(cls, values: dict, where: str):
     if not isinstance(values, dict):
         raise MementoError(f"{where}: expected a mapping, got {type(values).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = set(fields)
     unknown = sorted(set(values) - names)
     if unknown:
         raise MementoError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    values = {k: _typed(k, v, str(fields[k].type), where) for k, v in values.items()}
     try:
         return cls(**values)
     except MementoError as e:
