@@ -40,6 +40,7 @@ class KVMover:
         context = runner.compilation_config.static_forward_context
         num_pages = runner.kv_cache_config.num_blocks
         calibrated: dict[tuple, torch.Tensor] = {}
+        seen: set[tuple] = set()  # layers sharing one KV tensor are moved once
         for name, layer in context.items():
             kv = getattr(layer, "kv_cache", None)
             if not isinstance(kv, torch.Tensor) or kv.numel() == 0 or not hasattr(layer, "impl"):
@@ -48,6 +49,10 @@ class KVMover:
             if not dims:
                 raise MementoError(f"memento: cannot find the page dimension of {name}'s KV cache {tuple(kv.shape)}")
             page_dim = dims[0]
+            where = (kv.untyped_storage().data_ptr(), kv.storage_offset(), tuple(kv.shape), kv.stride())
+            if where in seen:
+                continue
+            seen.add(where)
             key = (tuple(kv.shape), kv.stride(), kv.dtype, type(layer.impl), page_dim)
             if key not in calibrated:
                 calibrated[key] = self._calibrate(layer, kv, page_dim)
@@ -118,6 +123,12 @@ class MementoWorker(_Base):
 
         runner._prepare_inputs = prepare_inputs
 
+    def initialize_from_config(self, kv_cache_config) -> None:
+        """Allocate the KV cache, then learn its layout at once: a layout the mover cannot handle fails at start-up,
+        not at the first eviction of a serving engine."""
+        super().initialize_from_config(kv_cache_config)
+        self.mover = KVMover(self.model_runner)
+
     @torch.inference_mode()
     def execute_model(self, scheduler_output):
         moves = getattr(scheduler_output, "memento_moves", None)
@@ -149,7 +160,9 @@ class MementoWorker(_Base):
         row = runner.input_batch.req_id_to_index.get(rid)
         if row is not None:
             table = runner.input_batch.block_table.block_tables[0]
-            table.num_blocks_per_row[row] = min(int(table.num_blocks_per_row[row]), keep)
+            held = int(table.num_blocks_per_row[row])
+            table.block_table.np[row, keep:held] = 0  # the freed pages' ids do not linger past the row's end
+            table.num_blocks_per_row[row] = min(held, keep)
 
     def _to_physical(self, num_scheduled_tokens: np.ndarray) -> None:
         runner = self.model_runner
