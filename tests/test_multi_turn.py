@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from helpers import POLICIES, small_trace, tiny_model
@@ -85,3 +86,21 @@ def test_compact_prompt_needs_eviction():
 
     with pytest.raises(MementoError, match="compact_prompt needs eviction"):
         EvictionPolicy(-1, compact_prompt=True)
+
+
+def test_a_turn_cut_off_inside_a_block_still_opens_the_next_turn(chars):
+    """An earlier answer that stopped at the length limit inside a block: the next turn's `<think>` still opens a
+    new turn (its blocks numbered on), and the unfinished block, never closed by a memento, is never evicted."""
+    special = memento_ids(chars)
+    first = render(small_trace(2))
+    cut = first[: first.index("Step 1") + 10]  # inside the second block
+    messages = [*chat()[:1], {"role": "assistant", "content": cut}, chat()[2]]
+    prompt = encode_messages(chars, messages) + chars.encode(render(small_trace(2)), add_special_tokens=False)
+    spans = label(prompt, special, 0, strict=False, turns=True)
+    think = [i for i, t in enumerate(prompt) if t == special.think_start]
+    assert len(think) == 2 and spans.kind[think[1]] == Kind.THINK_START
+    assert spans.n_blocks == 4 and not spans.issues
+    schedule = eviction_schedule(spans, EvictionPolicy(0, compact_prompt=True))
+    unfinished = spans.kind == Kind.BLOCK
+    unfinished &= spans.block == 1
+    assert (schedule[unfinished] == np.iinfo(np.int64).max).all()

@@ -97,3 +97,11 @@ def test_serve_splits_the_cores_between_tensor_parallel_ranks_and_compacts_promp
     assert single.stdout.startswith("vllm serve") and '"compact_prompt":false' in single.stdout
     bad = subprocess.run([*args[:-1], "two"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--tensor-parallel-size: expected a number of ranks, got 'two'" in bad.stderr
+
+
+def test_tensor_parallel_size_in_every_spelling_vllm_accepts():
+    from memento.engine.vllm import tensor_parallel_size
+
+    for args in (["--tensor-parallel-size", "2"], ["--tensor_parallel_size=2"], ["-tp", "2"], ["-tp=2"]):
+        assert tensor_parallel_size(["--port", "1", *args]) == 2, args
+    assert tensor_parallel_size(["--max-model-len", "4"]) == 1

@@ -11,6 +11,7 @@ import torch
 
 from memento.core.errors import MementoError
 from memento.core.policy import EvictionPolicy
+from memento.rl import report
 from memento.rl.config import from_dict, load_recipe
 from memento.rl.loss import advantages, policy_loss
 from memento.rl.trainer import RLTrainer, completion_logprobs
@@ -66,6 +67,8 @@ def test_recipe_validation_names_the_field():
         from_dict({**base, "minibatches": 3})
     with pytest.raises(MementoError, match="unknown field"):
         from_dict({**base, "rollouts": {}})
+    with pytest.raises(MementoError, match="restart is not for RL"):
+        from_dict({**base, "policy": {"restart": True}})
     with pytest.raises(MementoError, match="steps must be int, got 'abc'"):  # an override of the wrong type
         from_dict({**base, "steps": "abc"})
     with pytest.raises(MementoError, match="loss: beta must be a number, got 'x'"):
@@ -83,7 +86,9 @@ def test_recipe_validation_names_the_field():
 def test_a_short_run_learns_logs_and_resumes_exactly(tmp_path):
     """Two steps with an evaluation before and after; the mismatch of the block-masked forward stays ~0 (fp32);
     the log has every metric; a run stopped after step 1 and resumed logs what the uninterrupted one did."""
-    full = load_recipe(RECIPE, [*SMALL, f"out={tmp_path / 'full'}", "evaluation.limit=8", "save_every=1"])
+    full = load_recipe(
+        RECIPE, [*SMALL, f"out={tmp_path / 'full'}", "evaluation.limit=8", "evaluation.every=1", "save_every=1"]
+    )
     summary = RLTrainer(full, progress=False).run()
     assert set(summary) >= {"before", "after", "difference", "final"}
     assert (Path(summary["final"]) / "config.json").exists()
@@ -97,6 +102,12 @@ def test_a_short_run_learns_logs_and_resumes_exactly(tmp_path):
     text = Path(summary["report"]).read_text()
     assert "Held-out accuracy" in text and "| blocks per rollout |" in text
     assert (tmp_path / "full" / "curves.png").stat().st_size > 0
+    assert [r["step"] for r in report.read_log(tmp_path / "full")[1]] == [0, 1, 2]  # before, mid-run, after
+    more = load_recipe(RECIPE, [*SMALL, f"out={tmp_path / 'full'}", "evaluation.limit=8", "steps=3"])
+    extended = RLTrainer(more, progress=False).run(resume=True)  # a finished run extended by one step
+    assert extended["before"] == summary["before"] and "difference" in extended
+    logged = [json.loads(line)["step"] for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert logged == [0, 1, 1, 2, 2, 3, 3]  # each step once (and the evaluations), nothing repeated
 
     part = load_recipe(RECIPE, [*SMALL, f"out={tmp_path / 'part'}", "save_every=1"])
     RLTrainer(load_recipe(RECIPE, [*SMALL, f"out={tmp_path / 'part'}", "save_every=1", "steps=1"]), False).run(

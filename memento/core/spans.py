@@ -135,7 +135,7 @@ class Labeller:
     def __init__(self, special: MementoIds, strict: bool = True, turns: bool = False):
         self.by_id = special.by_id()
         self.strict = strict
-        self.turns = turns  # a chat of several assistant turns: `<think>` after an answer opens the next one
+        self.turns = turns  # a chat of several assistant turns: `<think>` outside thinking opens the next one
         self.state = State.OUTSIDE
         self.index = -1  # current block
         self.glue: tuple[Kind, int] = (Kind.PROMPT, -1)
@@ -146,8 +146,8 @@ class Labeller:
         state = self.state
         token = self.by_id.get(int(token_id))
         nxt = None if token is None else TRANSITIONS.get((state, token))
-        if nxt is None and self.turns and state is State.ANSWER and token == THINK_START:
-            nxt = State.THINK
+        if nxt is None and self.turns and token == THINK_START and state is not State.THINK:
+            nxt = State.THINK  # the next turn (an earlier one may have stopped anywhere, even inside a block)
         if token is not None and nxt is None:
             if self.strict:
                 raise TraceFormatError(transition_error(state, token), t, unit="token")

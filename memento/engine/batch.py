@@ -44,7 +44,8 @@ class KVStats:
     auc_gb_ktok: float  # GB held, summed over generated tokens, / 1000
     seconds: float
     ms_per_token: float
-    kv_timeline: list[int] = field(repr=False)  # tokens held after the prompt, then after each fed token
+    kv_timeline: list[int] = field(repr=False)  # tokens held after each part of the prompt, then each fed token
+    prefill_steps: int = 1  # the timeline's entries for the prompt (more when `compact_prompt` cut it)
 
 
 @dataclass
@@ -216,5 +217,6 @@ class Engine:
             seconds=seconds,
             ms_per_token=1000 * seconds / max(len(ids), 1),
             kv_timeline=list(timeline),
+            prefill_steps=row.prefill_steps,
         )
         return Completion(list(prompt), ids, reason, stats, torch.stack(logits) if logits else None)

@@ -72,7 +72,7 @@ def sample_of(g: Generation, special) -> Sample:
         s.blocks,
         s.evicted_tokens,
         s.peak_kv_tokens,
-        auc_ktok(s.kv_timeline[1:]),
+        auc_ktok(s.kv_timeline[s.prefill_steps :]),
         s.peak_kv_bytes,
         *_sizes(g.ids, special),
         g.text,

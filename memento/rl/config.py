@@ -110,6 +110,11 @@ class RLConfig:
             raise MementoError(f"policy: {e}") from None
         if not policy.evicts:
             raise MementoError("policy: Memento RL rolls out with eviction (keep_last_n_blocks >= 0)")
+        if policy.restart:
+            raise MementoError(
+                "policy: restart is not for RL: a memento is sampled while its block is visible and recomputed "
+                "without it, so no single masked forward gives the log-probs it was sampled with"
+            )
         return policy
 
     def to_dict(self) -> dict:

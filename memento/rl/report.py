@@ -14,7 +14,7 @@ from memento.core.plots import pyplot, save
 def read_log(out: Path) -> tuple[list[dict], list[dict]]:
     """(training steps, evaluations) of a run folder's log."""
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
-    return [r for r in records if "reward" in r], [r for r in records if "eval_accuracy" in r and "reward" not in r]
+    return [r for r in records if "reward" in r], [r for r in records if "eval_accuracy" in r]
 
 
 def smooth(values: list[float], window: int = 10) -> np.ndarray:

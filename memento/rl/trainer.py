@@ -157,7 +157,9 @@ class RLTrainer:
         batch = self.rollouts(step)
         rolled = time.perf_counter()
         temperature = c.rollout.temperature
-        adv = advantages(batch.rewards, c.rollout.group_size)
+        device = next(self.model.parameters()).device
+        adv = advantages(batch.rewards, c.rollout.group_size).to(device)
+        group = batch.group.to(device)
         gens, mask_policy = batch.generations, self.mask_policy
         with torch.no_grad():
             old, counted = completion_logprobs(self.model, gens, self.special, mask_policy, temperature)
@@ -188,7 +190,7 @@ class RLTrainer:
                 None if ref is None else ref[rows, :width],
                 adv[rows],
                 counted[rows, :width],
-                batch.group[rows],
+                group[rows],
                 c.loss.kind,
                 c.loss.eps_low,
                 c.loss.eps_high,
@@ -246,6 +248,16 @@ class RLTrainer:
         records = run.read_records(folder)
         return {"name": name, "accuracy": summary["pass@1"], "records": records, "summary": summary}
 
+    def _earlier(self, name: str) -> dict | None:
+        """An evaluation an earlier run of this out folder made (None: there is none)."""
+        from memento.eval import run
+
+        folder = self.out / "eval" / name
+        if not (folder / "summary.json").exists():
+            return None
+        summary = json.loads((folder / "summary.json").read_text())
+        return {"name": name, "accuracy": summary["pass@1"], "records": run.read_records(folder), "summary": summary}
+
     def _log(self, record: dict) -> None:
         with self.log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
@@ -278,9 +290,9 @@ class RLTrainer:
             return 0
         path = found[-1].parent
         state = torch.load(path / "rl_state.pt", weights_only=False)
-        from safetensors.torch import load_file
-
-        self.model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
+        saved = type(self.model).from_pretrained(path, dtype=next(self.model.parameters()).dtype)  # sharded or not
+        self.model.load_state_dict(saved.state_dict())  # strict: every weight of the checkpoint, or an error
+        del saved
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -299,10 +311,13 @@ class RLTrainer:
         start = self._resume() if resume else 0
         if start:
             self.rollouter.sync(self.model)
-        if not resume:
+        else:
             self.log_path.write_text("")
-        before = self.evaluate("before") if evaluate and start == 0 else None
-        if before is not None:
+        before = None
+        if evaluate and start:  # resumed: the evaluation before training was made by the first run
+            before = self._earlier("before")
+        elif evaluate:
+            before = self.evaluate("before")
             self._log({"step": 0, "eval_accuracy": before["accuracy"]})
         bar = tqdm(range(start, c.steps), desc="rl steps", disable=not self.progress, initial=start, total=c.steps)
         for step in bar:

@@ -133,7 +133,7 @@ def tensor_parallel_size(args: list[str]) -> int:
     """The `--tensor-parallel-size` / `-tp` of `vllm serve` arguments (1 when absent)."""
     for i, arg in enumerate(args):
         name, eq, value = arg.partition("=")
-        if name in ("--tensor-parallel-size", "-tp"):
+        if name.replace("_", "-") in ("--tensor-parallel-size", "-tp"):
             value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
             try:
                 return int(value)

@@ -65,6 +65,15 @@ class Track:
         return self.events[self.applied] if self.applied < len(self.events) else None
 
 
+def _full_attention(spec) -> bool:
+    """Pages that vLLM frees only when the request ends (the extension frees and compacts them itself)."""
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, MLAAttentionSpec, RSWASpec, UniformTypeKVCacheSpecs
+
+    if isinstance(spec, UniformTypeKVCacheSpecs):
+        return all(_full_attention(s) for s in spec.kv_cache_specs.values())
+    return isinstance(spec, FullAttentionSpec) and not isinstance(spec, RSWASpec | MLAAttentionSpec)
+
+
 class MementoScheduler(Scheduler):
     def __init__(self, vllm_config, *args, **kwargs):
         check_supported(vllm_config)
@@ -79,6 +88,12 @@ class MementoScheduler(Scheduler):
                 f"memento on vLLM needs one KV cache group, got {len(groups)}: start vLLM with "
                 "disable_hybrid_kv_cache_manager=True (`engine_args` sets it; "
                 "`vllm serve --disable-hybrid-kv-cache-manager`)"
+            )
+        if not _full_attention(groups[0].kv_cache_spec):
+            kind = type(groups[0].kv_cache_spec).__name__
+            raise MementoError(
+                f"memento on vLLM needs full-attention KV pages, got {kind}: vLLM would free a sliding window's pages "
+                "by position, losing tokens a compaction moved (models whose every layer slides are not handled yet)"
             )
         self.page = groups[0].kv_cache_spec.block_size
         self.tracks: dict[str, Track] = {}
