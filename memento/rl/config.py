@@ -7,14 +7,12 @@ masking (keep 0), batch-level advantage normalisation, group-total loss normalis
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import yaml
 
 from memento.core.errors import MementoError
 from memento.core.policy import EvictionPolicy
-from memento.train.config import Optim, _build, apply_overrides
+from memento.train.config import Optim, Recipe, build_section, read_values
 
 ENGINES = ("reference", "vllm")  # vllm: the extension, weights synced into the running engine after each update
 LOSSES = ("cispo", "grpo")
@@ -68,7 +66,7 @@ class Evaluation:
 
 
 @dataclass(slots=True)
-class RLConfig:
+class RLConfig(Recipe):
     model: str  # the SFT checkpoint (an HF folder with the Memento tokens)
     out: str
     prompts: str  # a `memento eval` task whose problems are the prompts, its checker the reward
@@ -117,32 +115,17 @@ class RLConfig:
             )
         return policy
 
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["optim"]["betas"] = list(self.optim.betas)
-        return out
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        return path
-
 
 def from_dict(values: dict, where: str = "recipe") -> RLConfig:
     values = dict(values)
     for name, cls in (("rollout", Rollout), ("loss", Loss), ("optim", Optim), ("evaluation", Evaluation)):
         if name in values:
-            values[name] = _build(cls, values[name], f"{where}: {name}")
+            values[name] = build_section(cls, values[name], f"{where}: {name}")
     for required in ("model", "out", "prompts"):
         if required not in values:
             raise MementoError(f"{where}: missing field '{required}'")
-    return _build(RLConfig, values, where)
+    return build_section(RLConfig, values, where)
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> RLConfig:
-    path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise MementoError(f"{path}: cannot read the recipe: {e}") from None
-    return from_dict(apply_overrides(values or {}, list(overrides)), where=str(path))
+    return from_dict(read_values(path, overrides), where=str(path))

@@ -82,8 +82,24 @@ class Optim:
             raise MementoError(f"optim.schedule must be cosine, linear or constant, got '{self.schedule}'")
 
 
+class Recipe:
+    """What the recipes of `memento train` and `memento rl` share: written back as YAML next to what they made."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["optim"]["betas"] = list(self.optim.betas)
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+
 @dataclass(slots=True)
-class TrainConfig:
+class TrainConfig(Recipe):
     model: str  # HF folder, `smollm2`, or `scratch`
     out: str
     stages: list[Stage]
@@ -156,16 +172,6 @@ class TrainConfig:
         steps = max(1, math.ceil(per_epoch * stage.epochs))
         return min(steps, stage.max_steps) if stage.max_steps else steps
 
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["optim"]["betas"] = list(self.optim.betas)
-        return out
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        return path
-
 
 def _typed(name: str, value, annotation: str, where: str):
     """`value` of a field annotated `annotation` (int, float, bool, optionally `| None`), or a clear error naming the
@@ -190,7 +196,8 @@ def _typed(name: str, value, annotation: str, where: str):
     return value
 
 
-def _build(cls, values: dict, where: str):
+def build_section(cls, values: dict, where: str):
+    """`cls(**values)` with every field checked (name and type), errors naming `where`."""
     if not isinstance(values, dict):
         raise MementoError(f"{where}: expected a mapping, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -213,15 +220,15 @@ def from_dict(values: dict, where: str = "recipe") -> TrainConfig:
         stages = values["stages"]
         if not isinstance(stages, list):
             raise MementoError(f"{where}: stages must be a list")
-        values["stages"] = [_build(Stage, s, f"{where}: stages[{i}]") for i, s in enumerate(stages)]
+        values["stages"] = [build_section(Stage, s, f"{where}: stages[{i}]") for i, s in enumerate(stages)]
     if "data" in values:
-        values["data"] = _build(Data, values["data"], f"{where}: data")
+        values["data"] = build_section(Data, values["data"], f"{where}: data")
     if "optim" in values:
-        values["optim"] = _build(Optim, values["optim"], f"{where}: optim")
+        values["optim"] = build_section(Optim, values["optim"], f"{where}: optim")
     for required in ("model", "out", "stages", "data"):
         if required not in values:
             raise MementoError(f"{where}: missing field '{required}'")
-    return _build(TrainConfig, values, where)
+    return build_section(TrainConfig, values, where)
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
@@ -249,10 +256,15 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+def read_values(path: str | Path, overrides: list[str] = ()) -> dict:
+    """A recipe file's values with the command line's overrides applied."""
     path = Path(path)
     try:
         values = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise MementoError(f"{path}: cannot read the recipe: {e}") from None
-    return from_dict(apply_overrides(values or {}, list(overrides)), where=str(path))
+    return apply_overrides(values or {}, list(overrides))
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    return from_dict(read_values(path, overrides), where=str(path))
