@@ -103,3 +103,17 @@ def test_plot_is_a_png(qwen, tmp_path):
     enc, spans = label_trace(small_trace(4), qwen)
     path = plot_sawtooth(compare(spans, EvictionPolicy(), preset("qwen3-8b"), enc.completion_start), tmp_path / "a.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_the_sawtooth_speaks_one_unit_the_one_its_sizes_read_in(qwen, tmp_path, monkeypatch):
+    """A small model's KV in MB (not 0.0014 GB), the axis and both legends in that one unit."""
+    import memento.core.kv as kv
+
+    figures = []
+    monkeypatch.setattr(kv, "save", lambda fig, path: figures.append(fig) or path)
+    enc, spans = label_trace(small_trace(3), qwen)
+    plot_sawtooth(compare(spans, EvictionPolicy(), preset("smollm2-135m"), enc.completion_start), tmp_path / "a.png")
+    axis = figures[0].axes[0]
+    assert axis.get_ylabel() == "KV cache (MB)"
+    labels = [t.get_text() for t in axis.get_legend().get_texts()]
+    assert all(label.endswith(" MB)") for label in labels), labels
