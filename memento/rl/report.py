@@ -84,7 +84,7 @@ def write(out: Path) -> Path:
         ("completion_tokens", "completion tokens"),
         ("kl", "KL to the reference"),
         ("clip_fraction", "clipped tokens"),
-        ("mismatch_max", "train/inference mismatch (max |d log p|)"),
+        ("mismatch_max", "train/inference mismatch (max abs. log-prob gap)"),
         ("seconds", "seconds per step"),
     ):
         if steps:
