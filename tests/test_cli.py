@@ -169,7 +169,7 @@ def test_generate_and_train_errors_are_one_line(tmp_path, smollm2_dir):
     assert proc.returncode == 2 and "not a folder" in proc.stderr
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "cpu-tiny.yaml"
     proc = run("train", "--recipe", str(recipe), "optim.lr=fast", check=False)
-    assert proc.returncode == 2 and "optim.lr must be a number" in proc.stderr
+    assert proc.returncode == 2 and "optim: lr must be a number, got 'fast'" in proc.stderr
     proc = run("generate", "hi", "--model", str(smollm2_dir), "--policy", "full", "--restart", check=False)
     assert proc.returncode == 2 and "needs eviction" in proc.stderr
 
