@@ -14,7 +14,7 @@ from memento.core.policy import EvictionPolicy
 from memento.rl import report
 from memento.rl.config import from_dict, load_recipe
 from memento.rl.loss import advantages, policy_loss
-from memento.rl.trainer import RLTrainer, completion_logprobs
+from memento.rl.trainer import RLTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "rl-toy.yaml"
@@ -73,8 +73,8 @@ def test_recipe_validation_names_the_field():
         from_dict({**base, "steps": "abc"})
     with pytest.raises(MementoError, match="loss: beta must be a number, got 'x'"):
         from_dict({**base, "loss": {"beta": "x"}})
-    with pytest.raises(MementoError, match="engine must be one of reference, vllm, got 'tgi'"):
-        from_dict({**base, "rollout": {"engine": "tgi"}})
+    with pytest.raises(MementoError, match=r"got 'vllm' \(vLLM rollouts: the weight sync is not exact yet\)"):
+        from_dict({**base, "rollout": {"engine": "vllm"}})
     with pytest.raises(MementoError, match="vLLM rollouts return the raw model's log-probs"):
         from memento.rl.rollouts import VLLMRollouts
 
@@ -127,29 +127,3 @@ def test_the_run_refuses_a_training_mask_that_is_not_the_engines(tmp_path):
     trainer.mask_policy = EvictionPolicy(1, mask_delimiters=True)
     with pytest.raises(MementoError, match=r"differ from the engine's by up to .* the training mask does not match"):
         trainer.step(0)
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("vllm")
-def test_vllm_rollouts_follow_the_updated_weights(tmp_path):
-    """Rollouts on the vLLM extension: after each update the trainer's weights are loaded into the running engine,
-    so at step 2 vLLM samples from the updated model: its log-probs still equal the trainer's block-masked ones
-    (fp32), although a large learning rate moved the model far between the steps."""
-    import os
-
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    args = [*SMALL, f"out={tmp_path}", "rollout.engine=vllm", "optim.lr=3.0e-3", "warmup_steps=0", "minibatches=1"]
-    trainer = RLTrainer(load_recipe(RECIPE, args), progress=False)
-    try:
-        first = trainer.step(0)  # rollouts, an update, the new weights into vLLM
-        batch = trainer.rollouts(1)
-    finally:
-        trainer.rollouter.close()
-    sampled = torch.nn.utils.rnn.pad_sequence(batch.logprobs(), batch_first=True)
-    special, policy = trainer.special, trainer.policy
-    with torch.no_grad():
-        now, counted = completion_logprobs(trainer.model, batch.generations, special, policy)
-        before, _ = completion_logprobs(trainer.reference, batch.generations, special, policy)
-    assert first["mismatch_max"] < 2e-3 and first["blocks_per_rollout"] > 1 and first["kv_peak_max"] > 0
-    assert float((now - sampled).abs()[counted].max()) < 2e-3  # vLLM sampled from the updated weights ...
-    assert float((before - sampled).abs()[counted].max()) > 2e-2  # ... which the update really moved

@@ -1,9 +1,9 @@
 """The RL loop: rollouts with physical eviction, block-masked log-probs, CISPO updates, logged and resumable.
 
 One step: draw `prompts_per_step` prompts from the task (a fixed order per seed, so a resumed run draws the same),
-sample `group_size` rollouts of each under the Memento policy (blocks evicted as they are written; the reference
-engine, or the vLLM extension with the weights synced after each update: `memento.rl.rollouts`), reward each with
-the task's checker, and recompute every rollout's token log-probs with one forward under
+sample `group_size` rollouts of each under the Memento policy (blocks evicted as they are written) on the reference
+engine (`memento.rl.rollouts`; its vLLM counterpart is written but not enabled: its weight sync is not exact yet),
+reward each with the task's checker, and recompute every rollout's token log-probs with one forward under
 the stage-2 mask of its own eviction schedule. That forward sees exactly what the engine's cache held, so its
 log-probs equal the ones the engine sampled with: the gap is logged every step (`mismatch_mean`, `mismatch_max`) and
 the run stops when it passes `mismatch_threshold` (a mask that disagrees with the engine trains on tokens the policy

