@@ -75,11 +75,6 @@ def test_recipe_validation_names_the_field():
         from_dict({**base, "loss": {"beta": "x"}})
     with pytest.raises(MementoError, match=r"got 'vllm' \(vLLM rollouts: the weight sync is not exact yet\)"):
         from_dict({**base, "rollout": {"engine": "vllm"}})
-    with pytest.raises(MementoError, match="vLLM rollouts return the raw model's log-probs"):
-        from memento.rl.rollouts import VLLMRollouts
-
-        cold = from_dict({**base, "rollout": {"temperature": 0.6}}).rollout
-        VLLMRollouts("unused", None, EvictionPolicy(0), cold, 1, 0)
     assert from_dict(base).memento_policy() == EvictionPolicy(0)  # the toy's folder has no family: keep 0
 
 

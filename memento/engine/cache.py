@@ -109,7 +109,7 @@ def _held_after(full: _Group, index: torch.Tensor, before: torch.Tensor | None =
     held = torch.where(full.index != EMPTY, full.index, big).sort(dim=1).values  # empty slots sort last
     end = (full.index != EMPTY).sum(1, keepdim=True)
     if before is not None:
-        end = torch.searchsorted(held, before[:, None].expand(-1, 1).contiguous())
+        end = torch.searchsorted(held, before[:, None].contiguous())
     return (end - torch.searchsorted(held, index.contiguous(), right=True)).clamp(min=0)
 
 

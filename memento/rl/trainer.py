@@ -2,7 +2,7 @@
 
 One step: draw `prompts_per_step` prompts from the task (a fixed order per seed, so a resumed run draws the same),
 sample `group_size` rollouts of each under the Memento policy (blocks evicted as they are written) on the reference
-engine (`memento.rl.rollouts`; its vLLM counterpart is written but not enabled: its weight sync is not exact yet),
+engine (`memento.rl.rollouts`; vLLM rollouts wait for an exact weight sync into the running engine),
 reward each with the task's checker, and recompute every rollout's token log-probs with one forward under
 the stage-2 mask of its own eviction schedule. That forward sees exactly what the engine's cache held, so its
 log-probs equal the ones the engine sampled with: the gap is logged every step (`mismatch_mean`, `mismatch_max`) and
@@ -39,7 +39,7 @@ from memento.eval.run import paired, problems_of
 from memento.rl import report
 from memento.rl.config import RLConfig
 from memento.rl.loss import advantages, policy_loss
-from memento.rl.rollouts import ReferenceRollouts, Sample, VLLMRollouts
+from memento.rl.rollouts import ReferenceRollouts, Sample
 from memento.train.masks import model_mask, recompute_triggers, schedules
 
 log = logging.getLogger(__name__)
@@ -112,12 +112,7 @@ class RLTrainer:
             weight_decay=config.optim.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        if config.rollout.engine == "vllm":
-            context = getattr(self.model.config, "max_position_embeddings", None) or 4096
-            args = (config.model, self.tokenizer, self.policy, config.rollout, context, config.seed)
-            self.rollouter = VLLMRollouts(*args)
-        else:
-            self.rollouter = ReferenceRollouts(self.engine, config.rollout)
+        self.rollouter = ReferenceRollouts(self.engine, config.rollout)
         self.writer = None
         if config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -204,7 +199,6 @@ class RLTrainer:
             kls.append(terms.kl)
             clips.append(terms.clipped)
             losses.append(float(terms.loss.detach()))
-        self.rollouter.sync(self.model)  # the next rollouts sample from the updated weights
         blocks = [label(g.prompt_ids + g.ids, self.special, len(g.prompt_ids), strict=False) for g in batch.generations]
         lengths = np.concatenate([s.count(Kind.BLOCK) for s in blocks]) if blocks else np.zeros(0)
         record |= {
@@ -309,9 +303,7 @@ class RLTrainer:
 
         c = self.config
         start = self._resume() if resume else 0
-        if start:
-            self.rollouter.sync(self.model)
-        else:
+        if not start:
             self.log_path.write_text("")
         before = None
         if evaluate and start:  # resumed: the evaluation before training was made by the first run
@@ -345,5 +337,4 @@ class RLTrainer:
         summary["report"] = str(report.write(self.out))
         if self.writer is not None:
             self.writer.close()
-        self.rollouter.close()
         return summary

