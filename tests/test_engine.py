@@ -157,9 +157,12 @@ def grammar(chars):
 def test_max_block_tokens_and_max_blocks_steer_generation(chars, model):
     policy = EvictionPolicy(0, max_block_tokens=5, max_blocks=3)
     engine = ReferenceEngine(model, chars, policy)
-    (g,) = engine.generate("Go.", Sampling(max_new_tokens=80), processor=grammar(chars))
+    (g,) = engine.generate("Go.", Sampling(max_new_tokens=80), processor=grammar(chars), return_logprobs=True)
     spans = label(encode_chat(chars, "Go.").ids + g.ids, memento_ids(chars))
     assert spans.n_blocks == 3 and g.stats.blocks == 3
+    special = memento_ids(chars)
+    steered = [t for t, s in zip(g.ids, g.steered, strict=True) if s]
+    assert steered == [special.block_end] * 3 + [special.think_end], "the caps' tokens are marked as not sampled"
     assert spans.count(Kind.BLOCK).tolist() == [5, 5, 5], "each block was closed after 5 tokens"
     assert "</think>" in g.text and g.stats.evictions == 3
     assert g.stats.peak_kv_tokens < len(encode_chat(chars, "Go.").ids) + len(g.ids) - 10

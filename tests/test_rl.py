@@ -14,7 +14,7 @@ from memento.core.policy import EvictionPolicy
 from memento.rl import report
 from memento.rl.config import from_dict, load_recipe
 from memento.rl.loss import advantages, policy_loss
-from memento.rl.trainer import RLTrainer
+from memento.rl.trainer import RLTrainer, chosen, completion_logprobs
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "rl-toy.yaml"
@@ -73,8 +73,8 @@ def test_recipe_validation_names_the_field():
         from_dict({**base, "steps": "abc"})
     with pytest.raises(MementoError, match="loss: beta must be a number, got 'x'"):
         from_dict({**base, "loss": {"beta": "x"}})
-    with pytest.raises(MementoError, match=r"got 'vllm' \(vLLM rollouts: the weight sync is not exact yet\)"):
-        from_dict({**base, "rollout": {"engine": "vllm"}})
+    with pytest.raises(MementoError, match="engine must be one of reference, vllm, got 'tgi'"):
+        from_dict({**base, "rollout": {"engine": "tgi"}})
     assert from_dict(base).memento_policy() == EvictionPolicy(0)  # the toy's folder has no family: keep 0
 
 
@@ -114,6 +114,24 @@ def test_a_short_run_learns_logs_and_resumes_exactly(tmp_path):
         assert a["reward"] == b["reward"] and a["loss"] == pytest.approx(b["loss"], abs=1e-6)
 
 
+def test_the_block_cap_ends_blocks_and_its_tokens_get_no_gradient(tmp_path):
+    """With `max_block_tokens` under the toy's block length, every round is cut by the cap; the cap's
+    `<|block_end|>` tokens are logged and left out of the loss, the rest counted."""
+    config = load_recipe(RECIPE, [*SMALL, f"out={tmp_path}", "rollout.max_block_tokens=20"])
+    trainer = RLTrainer(config, progress=False)
+    batch = trainer.rollouts(0)
+    assert all(sum(g.steered) >= 1 for g in batch.generations)
+    _, counted = completion_logprobs(trainer.model, batch.generations, trainer.special, trainer.policy)
+    kept = chosen(batch.generations, counted)
+    for i, g in enumerate(batch.generations):
+        ends = [j for j, t in enumerate(g.ids) if t == trainer.special.block_end]
+        capped = {j for j, s in enumerate(g.steered) if s}
+        assert capped and capped <= set(ends)
+        assert [bool(kept[i, j]) for j in range(len(g.ids))] == [j not in capped for j in range(len(g.ids))]
+    record = trainer.step(1)
+    assert record["capped_blocks"] >= 1 and record["mismatch_max"] < 1e-3
+
+
 def test_the_run_refuses_a_training_mask_that_is_not_the_engines(tmp_path):
     """Rollouts under keep 0, a trainer masking with keep 1: its log-probs leave the engine's, and the run stops
     at the first step with the reason."""
@@ -122,3 +140,34 @@ def test_the_run_refuses_a_training_mask_that_is_not_the_engines(tmp_path):
     trainer.mask_policy = EvictionPolicy(1, mask_delimiters=True)
     with pytest.raises(MementoError, match=r"differ from the engine's by up to .* the training mask does not match"):
         trainer.step(0)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("vllm")
+def test_vllm_rollouts_follow_the_updated_weights(tmp_path):
+    """Rollouts on the vLLM extension: after each update the trainer's weights go into the running engine, so at
+    step 2 vLLM samples from the updated model: its log-probs equal the trainer's block-masked ones (fp32), although
+    a large learning rate moved the model far (the tied output layer included) between the steps. The block cap's
+    tokens are found in vLLM's rollouts too."""
+    import os
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    args = [*SMALL, f"out={tmp_path}", "rollout.engine=vllm", "optim.lr=3.0e-3", "warmup_steps=0", "minibatches=1"]
+    trainer = RLTrainer(load_recipe(RECIPE, [*args, "rollout.max_block_tokens=30"]), progress=False)
+    try:
+        first = trainer.step(0)  # rollouts, an update, the new weights into vLLM
+        batch = trainer.rollouts(1)
+    finally:
+        trainer.rollouter.close()
+    sampled = torch.nn.utils.rnn.pad_sequence(batch.logprobs(), batch_first=True)
+    special, policy = trainer.special, trainer.policy
+    with torch.no_grad():
+        now, counted = completion_logprobs(trainer.model, batch.generations, special, policy)
+        before, _ = completion_logprobs(trainer.reference, batch.generations, special, policy)
+    assert first["mismatch_max"] < 2e-3 and first["blocks_per_rollout"] > 1 and first["kv_peak_max"] > 0
+    assert first["capped_blocks"] >= 1
+    assert float((now - sampled).abs()[counted].max()) < 2e-3  # vLLM sampled from the updated weights ...
+    assert float((before - sampled).abs()[counted].max()) > 2e-2  # ... which the update really moved
+    with torch.no_grad():
+        embedding = trainer.model.get_input_embeddings().weight
+        assert float((embedding - trainer.reference.get_input_embeddings().weight).abs().max()) > 1e-3

@@ -42,6 +42,25 @@ def test_orbit_reasoning_shows_correct_work():
         assert len(trace.blocks) == 10 and trace.answer == f"\\boxed{{{x}}}"
 
 
+def test_orbit_shown_drift_writes_the_next_offset_as_a_step_and_changes_nothing_else():
+    """`shown=1` (the RL variant's traces): each block ends with the drift's sum, d + offset -> the next offset, the
+    letter its memento then carries; mementos, answers and problems are those of the plain traces."""
+    letters = "ABCDEFGHIJ"
+    plain = orbit_traces(30, seed=4, rounds=3, steps=3, split="test")
+    shown = from_spec("toy:orbit?n=30&seed=4&rounds=3&steps=3&split=test&shown=1")
+    for p, s in zip(plain, shown, strict=True):
+        assert (p.problem, p.answer, [b.memento for b in p.blocks]) == (
+            s.problem,
+            s.answer,
+            [b.memento for b in s.blocks],
+        )
+        for pb, sb in zip(p.blocks, s.blocks, strict=True):
+            head, work = sb.text.rsplit(" ", 1)
+            assert head == pb.text
+            d, letter, new = re.fullmatch(r"=(\d)\+([A-J])>(\d)", work).groups()
+            assert int(new) == (letters.index(letter) + int(d)) % 10 and sb.memento[3] == letters[int(new)]
+
+
 def test_orbit_scores_only_problems_it_never_trains_on():
     key = lambda t: t.problem  # noqa: E731  (the problem text is the (a, k, d, x) key)
     train = {key(t) for t in orbit_traces(20_000, seed=0)}

@@ -18,6 +18,14 @@ def rl(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the newest checkpoint in the out folder.")
     ] = False,
+    rollout: Annotated[
+        str | None,
+        typer.Option(
+            "--rollout",
+            help="Rollout engine: reference or vllm (the extension; weights synced after every update) "
+            "[default: the recipe's rollout.engine].",
+        ),
+    ] = None,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the before/after evaluation.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
@@ -30,7 +38,7 @@ def rl(
     from memento.rl.config import load_recipe
     from memento.rl.trainer import RLTrainer
 
-    config = load_recipe(recipe, ctx.args)
+    config = load_recipe(recipe, [*ctx.args, *([f"rollout.engine={rollout}"] if rollout else [])])
     policy = config.memento_policy()
     err.print(f"rollouts and training masks: {policy}", markup=False)
     summary = RLTrainer(config, progress=progress(quiet)).run(resume, evaluate=not no_eval)

