@@ -12,6 +12,11 @@ here: nothing to download):
 2. A training step in bf16 autocast under the Memento mask, with SDPA, `memento_sdpa` and FlexAttention: finite
    loss, within 2% of the fp32 loss, every parameter's gradient finite and not all zero.
 3. The reference engine on the device: greedy generation with eviction gives the CPU's tokens (fp32).
+4. vLLM's `KVMover` (no vLLM needed: the cache writes are emulated) on the device's tensors, in FlashAttention's and
+   FlashInfer's page layouts (vLLM 0.32's per-layer views of one buffer in three stride orders, and the older
+   kv-first / pages-first layouts stored heads-first): a compaction and a shuffle equal a reference move made through
+   each layer's logical K/V views, in bf16, fp16 and fp32.
+5. `KVMover` move timings: 128, 1,024 and 4,096 tokens in 36 layers (8 KV heads of 128, pages of 16, bf16).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -162,6 +168,122 @@ def engine_on_device(device: str, lines: list[str]) -> bool:
     return same
 
 
+HEADS, DIM, PAGE = 8, 128, 16  # the mover checks' KV heads, head size and page size (a Qwen3-8B-like layer)
+
+
+def _split(kv):
+    """vLLM 0.32's FlashAttention / FlashInfer: a layer's (pages, heads, page, 2 * dim) view, split into K and V
+    (pages, page, heads, dim), as `do_kv_cache_update` does before `reshape_and_cache_flash`."""
+    return kv.transpose(1, 2).split(kv.shape[-1] // 2, dim=-1)
+
+
+MOVER_LAYOUTS = {  # name: (a layer's logical shape for a page count, memory order of [layer, *shape], K/V views)
+    "vLLM 0.32 LBNHC (the default)": (lambda p: (p, HEADS, PAGE, 2 * DIM), (0, 1, 3, 2, 4), _split),
+    "vLLM 0.32 LBHNC (HND)": (lambda p: (p, HEADS, PAGE, 2 * DIM), (0, 1, 2, 3, 4), _split),
+    "vLLM 0.32 BLHNC (pages outermost)": (lambda p: (p, HEADS, PAGE, 2 * DIM), (1, 0, 2, 3, 4), _split),
+    "(2, pages, page, heads, dim), HND": (
+        lambda p: (2, p, PAGE, HEADS, DIM),
+        (0, 1, 2, 4, 3, 5),
+        lambda kv: (kv[0], kv[1]),
+    ),
+    "(pages, 2, page, heads, dim), HND": (
+        lambda p: (p, 2, PAGE, HEADS, DIM),
+        (0, 1, 2, 4, 3, 5),
+        lambda kv: (kv[:, 0], kv[:, 1]),
+    ),
+}
+
+
+class _Impl:
+    """An attention layer's `impl` whose cache write stores token `slot` at page `slot // PAGE`, offset
+    `slot % PAGE` of the layout's K and V views (what the CUDA kernel does)."""
+
+    num_kv_heads, head_size = HEADS, DIM
+
+    def __init__(self, views):
+        self.views = views
+
+    def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping):
+        k, v = self.views(kv_cache)
+        k[slot_mapping // PAGE, slot_mapping % PAGE] = key
+        v[slot_mapping // PAGE, slot_mapping % PAGE] = value
+
+
+def _mover_cache(name: str, layers: int, pages: int, dtype, device: str):
+    """Random memory holding `layers` layers in the layout, the layers' views of it, and a model runner over them."""
+    shape, order, views = MOVER_LAYOUTS[name]
+    shape = (layers, *shape(pages))
+    memory = torch.randn([shape[d] for d in order], device=device).to(dtype)
+    logical = memory.permute(torch.tensor(order).argsort().tolist())
+    context = {f"layer{i}": SimpleNamespace(kv_cache=logical[i], impl=_Impl(views)) for i in range(layers)}
+    runner = SimpleNamespace(
+        compilation_config=SimpleNamespace(static_forward_context=context),
+        kv_cache_config=SimpleNamespace(num_blocks=pages),
+    )
+    return memory, [logical[i] for i in range(layers)], runner
+
+
+def _moved(memory, layers, views, src: list[int], dst: list[int]):
+    """`memory` after copying slots `src` to `dst` through each layer's K and V views."""
+    out = memory.clone()
+    s, d = (torch.tensor(x, device=memory.device) for x in (src, dst))
+    for kv in layers:
+        for part in views(torch.as_strided(out, kv.shape, kv.stride(), kv.storage_offset())):
+            part[d // PAGE, d % PAGE] = part[s // PAGE, s % PAGE]
+    return out
+
+
+def mover_layouts(device: str, lines: list[str]) -> bool:
+    from memento.engine.vllm.mover import KVMover
+
+    pages = 64
+    slots = pages * PAGE
+    generator = torch.Generator().manual_seed(0)
+    moves = [
+        (list(range(37, slots)), list(range(slots - 37))),  # every token 37 slots left: overlapping, across pages
+        (
+            torch.randperm(slots, generator=generator)[:300].tolist(),
+            torch.randperm(slots, generator=generator)[:300].tolist(),
+        ),
+    ]
+    ok = True
+    for name, (_, _, views) in MOVER_LAYOUTS.items():
+        for dtype in (torch.bfloat16,) if QUICK else (torch.bfloat16, torch.float16, torch.float32):
+            memory, layers, runner = _mover_cache(name, 4, pages, dtype, device)
+            mover = KVMover(runner)
+            good = True
+            for src, dst in moves:
+                expected = _moved(memory, layers, views, src, dst)
+                mover.move(src, dst)
+                good &= torch.equal(memory, expected)
+            ok &= good
+            lines.append(f"| {name} | {str(dtype).removeprefix('torch.')} | {'ok' if good else 'DIFFERENT'} |")
+    return ok
+
+
+def mover_timings(device: str, lines: list[str]) -> bool:
+    from memento.engine.vllm.mover import KVMover
+
+    layers, counts = (4, (128, 1024)) if QUICK else (36, (128, 1024, 4096))
+    name = next(iter(MOVER_LAYOUTS))
+    memory, _, runner = _mover_cache(name, layers, 2 * max(counts) // PAGE + 8, torch.bfloat16, device)
+    mover = KVMover(runner)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for n in counts:
+        src, dst = list(range(37, 37 + n)), list(range(n))  # a compaction
+        times = []
+        for _ in range(8):
+            sync()
+            start = time.perf_counter()
+            mover.move(src, dst)
+            sync()
+            times.append(time.perf_counter() - start)
+        ms = sorted(times[2:])[len(times[2:]) // 2] * 1e3  # the median after two warm-up moves
+        moved = 2 * n * layers * 2 * HEADS * DIM * memory.element_size()  # bytes read and written
+        lines.append(f"| {n:,} | {layers} | {ms:.2f} | {moved / ms / 1e6:.1f} |")
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -194,6 +316,16 @@ def main() -> int:
             training_step,
         ),
         ("The reference engine on the device", ["| run | result |", "|---|---|"], engine_on_device),
+        (
+            "KVMover in FlashAttention / FlashInfer page layouts == a reference move (4 layers)",
+            ["| layout | dtype | result |", "|---|---|---|"],
+            mover_layouts,
+        ),
+        (
+            "KVMover move timings (bf16, LBNHC, 8 KV heads of 128, pages of 16)",
+            ["| tokens | layers | ms per move | GB/s moved |", "|---|---|---|---|"],
+            mover_timings,
+        ),
     ]
     failed = 0
     for title, head, check in checks:

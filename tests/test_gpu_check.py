@@ -23,7 +23,8 @@ def test_the_gpu_check_runs_on_the_cpu_and_reports(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = report.read_text()
-    assert "3 of 3 checks passed." in text
+    assert "5 of 5 checks passed." in text
+    assert "| vLLM 0.32 BLHNC (pages outermost) | bfloat16 | ok |" in text and "| 1,024 | 4 |" in text  # the mover
     assert "| qwen3 | keep1 |" in text and "| flex_attention | - | - | not run (its backward needs CUDA) |" in text
     refused = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "no CUDA device is visible" in refused.stderr  # the default asks for CUDA
