@@ -327,20 +327,26 @@ def main() -> int:
             mover_timings,
         ),
     ]
+    return report(checks, lines, args.out, device)
+
+
+def report(checks: list, lines: list[str], out: Path, *args) -> int:
+    """Run each (title, header lines, check) with `args` and a list for its lines; write the Markdown report to `out`
+    and print it; 1 if any check failed (an exception fails its check, with the traceback in the report)."""
     failed = 0
     for title, head, check in checks:
         start = time.perf_counter()
         body: list[str] = []
         try:
-            ok = check(device, body)
+            ok = check(*args, body)
         except Exception:
             ok = False
             body = ["```", traceback.format_exc()[-2000:], "```"]
         failed += not ok
         lines += [f"## {title}: {'ok' if ok else 'FAILED'} ({time.perf_counter() - start:.1f} s)", "", *head, *body, ""]
     lines.append(f"{len(checks) - failed} of {len(checks)} checks passed.")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 1 if failed else 0
 

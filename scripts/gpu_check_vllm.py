@@ -20,13 +20,14 @@ import gc
 import platform
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from gpu_check import report  # noqa: E402  (scripts/ is on the path when run as a script)
 
 from memento.core.errors import MementoError  # noqa: E402
 from memento.core.policy import EvictionPolicy  # noqa: E402
@@ -155,22 +156,7 @@ def main() -> int:
         ("An fp8 KV cache is refused at start-up", refusal, fp8),
         ("Speculative decoding is refused at start-up", refusal, speculative),
     ]
-    failed = 0
-    for title, head, check in checks:
-        began = time.perf_counter()
-        body: list[str] = []
-        try:
-            ok = check(body)
-        except Exception:
-            ok = False
-            body = ["```", traceback.format_exc()[-2000:], "```"]
-        failed += not ok
-        lines += [f"## {title}: {'ok' if ok else 'FAILED'} ({time.perf_counter() - began:.0f} s)", "", *head, *body, ""]
-    lines.append(f"{len(checks) - failed} of {len(checks)} checks passed.")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 1 if failed else 0
+    return report(checks, lines, args.out)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,11 @@ def write(out: Path) -> Path:
             f"Held-out accuracy (greedy, eviction): {100 * summary['before']:.1f}% before, "
             f"{100 * summary['after']:.1f}% after: {100 * d.get('delta', 0):+.1f} pp, paired 95% CI [{ci}] pp."
         )
+        if summary.get("peak_kv_before") is not None:
+            lines.append(
+                f"Peak KV per held-out answer (tokens, mean): {summary['peak_kv_before']:.1f} before, "
+                f"{summary['peak_kv_after']:.1f} after."
+            )
         lines.append("")
     lines += [
         f"![curves]({figure.name})",
@@ -81,13 +86,14 @@ def write(out: Path) -> Path:
         ("blocks_per_rollout", "blocks per rollout"),
         ("block_length", "block length (tokens)"),
         ("kv_peak_mean", "peak KV per rollout (tokens)"),
+        ("capped_blocks", "blocks ended by the cap, per rollout"),
         ("completion_tokens", "completion tokens"),
         ("kl", "KL to the reference"),
         ("clip_fraction", "clipped tokens"),
         ("mismatch_max", "train/inference mismatch (max abs. log-prob gap)"),
         ("seconds", "seconds per step"),
     ):
-        if steps:
+        if steps and key in steps[0]:
             lines.append(f"| {label} | {mean(first, key):.4g} | {mean(last, key):.4g} |")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")

@@ -348,8 +348,10 @@ class RLTrainer:
             after = self.evaluate("after")
             self._log({"step": c.steps, "eval_accuracy": after["accuracy"]})
             summary["after"] = after["accuracy"]
+            summary["peak_kv_after"] = after["summary"].get("peak_kv_tokens")
             if before is not None:
                 summary["before"] = before["accuracy"]
+                summary["peak_kv_before"] = before["summary"].get("peak_kv_tokens")
                 difference = paired(after["records"], before["records"])
                 summary["difference"] = None if difference is None else difference._asdict()
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
