@@ -50,6 +50,25 @@ def plot(out: Path) -> Path:
     return save(fig, out / "curves.png")
 
 
+def compare(runs: dict[str, Path], path: Path) -> Path:
+    """Several runs' blocks over training, side by side (the block-cap comparison): blocks per rollout, block
+    length, and the largest peak KV of a rollout, per step (10-step means)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for i, (name, out) in enumerate(runs.items()):
+        steps, _ = read_log(Path(out))
+        x = [r["step"] for r in steps]
+        for ax, key in zip(axes, ("blocks_per_rollout", "block_length", "kv_peak_max"), strict=True):
+            ax.plot(x, smooth([r[key] for r in steps]), "-", color=f"C{i}", label=name)
+    for ax, label in zip(
+        axes, ("blocks per rollout", "block length (tokens)", "largest peak KV (tokens)"), strict=True
+    ):
+        ax.set_xlabel("RL step")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    return save(fig, path)
+
+
 def write(out: Path) -> Path:
     """Write `out/report.md` (and `curves.png`); return the report's path."""
     out = Path(out)
