@@ -56,7 +56,7 @@ class Completion:
     stats: KVStats
     logits: torch.Tensor | None = field(default=None, repr=False)  # (steps, V) when asked for
     logprobs: list[float] | None = field(default=None, repr=False)  # of each completion token, when asked for
-    steered: list[bool] | None = field(default=None, repr=False)  # with logprobs: True where the policy chose the token
+    steered: list[bool] | None = field(default=None, repr=False)  # with logprobs: True where a policy cap put the token
 
     @property
     def fed(self) -> list[int]:

@@ -60,7 +60,6 @@ class MementoWorker(_Base):
             raise MementoError("memento: the worker got a step from a scheduler without Memento (scheduler_cls)")
         self.evicted = scheduler_output.memento_evicted
         if moves:
-            self.mover = self.mover or KVMover(self.model_runner)
             for rid, steps in moves.items():
                 for src, dst, keep in steps:
                     if src:
