@@ -26,7 +26,7 @@ def run(*args: str, check: bool = True, env: dict | None = None) -> subprocess.C
 
 def test_version_and_help_on_every_command():
     assert run("--version").stdout.startswith("memento ")
-    for command in ("inspect", "kv", "demo", "probe", "data build", "train", "generate", "eval", "bench throughput"):
+    for command in ("inspect", "kv", "demo", "audit", "data build", "train", "generate", "eval", "bench throughput"):
         assert "Usage: memento " + command in run(*command.split(), "--help").stdout
 
 
@@ -71,7 +71,7 @@ def test_kv_with_hf_model_folder(smollm2_dir, shared_examples):
     assert result["peak_ratio"] > 1.5
 
 
-def test_probe_cli(tmp_path):
+def test_audit_cli(tmp_path):
     """One experiment as a command (tiny size), then the probe as a tool on its (barely) trained model; the full demo
     runs in tests/test_demo.py."""
     printed = run("experiment", "stage2-only", "--size", "tiny", "--out", str(tmp_path)).stdout
@@ -80,18 +80,22 @@ def test_probe_cli(tmp_path):
     assert experiment["headline"][0]["model"] == "stage2-only" and experiment["restart_accuracy"] is not None
     assert experiment["headline"][0]["peak_kv_tokens"] > 0
     model = experiment["model"]
-    result = json.loads(run("probe", "--model", str(model), "--n", "60", "--json").stdout)
-    assert set(result) == {"evict", "restart"}
-    rows = result["evict"]
+    args = ("audit", "--model", str(model), "--task", "orbit", "--n", "60", "--out", str(tmp_path / "audit"))
+    result = json.loads(run(*args, "--json").stdout)
+    assert {"evict", "restart"} <= set(result) and result["block"] == 2 and result["n_traces"] == 60
+    rows = result["evict"]["rows"]
     assert {r["role"] for r in rows} >= {"causal control", "direct", "masked +1"}
     assert len(rows) == 4 * 10 and all(0 <= r["accuracy"] <= 1 for r in rows)
     assert {r["layer"] for r in rows} == {1, 2, 3, 4}
+    report = (tmp_path / "audit" / "audit.md").read_text()
+    assert "| 3 | masked +1 |" in report and (tmp_path / "audit" / "audit_distance.png").stat().st_size > 0
     for args, message in (
         (["--block", "0"], "error: --block 0: blocks count from 1"),
         (["--block", "10"], "error: --block 10: orbit's passcode goes into a round before the last one, blocks 2-9"),
-        (["--task", "digits"], "error: --task digits: the passcode note is defined for the orbit task; use --traces"),
+        (["--task", "sums"], "error: --task sums: choose digits or orbit, or give --traces FILE"),
+        (["--traces", "nope.jsonl"], "error: --traces nope.jsonl: no such file"),
     ):
-        bad = run("probe", "--model", str(model), *args, check=False)
+        bad = run("audit", "--model", str(model), "--task", "orbit", *args, check=False)
         assert bad.returncode == 2 and bad.stderr.strip().startswith(message), bad.stderr
     assert (
         run("demo", "--ship", check=False).stderr.strip()

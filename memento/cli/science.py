@@ -1,4 +1,4 @@
-"""The science commands: `memento demo` (the toy world end to end) and `memento probe` (the leakage probe as a tool).
+"""The science commands: `memento demo` (the toy world end to end) and `memento audit` (the leakage probe as a tool).
 
 Thin like every command: parse, call the library, print.
 """
@@ -152,43 +152,49 @@ def headline(results: dict) -> None:
 
 @app.command()
 @user_errors
-def probe(
+def audit(
     model: Annotated[Path, typer.Option(help="A Hugging Face model folder with the Memento tokens.")],
     task: Annotated[
-        str, typer.Option(help="Toy task whose traces carry the passcode: orbit (unless --traces).")
-    ] = "orbit",
+        str,
+        typer.Option(help="Toy traces (unless --traces): digits (the paper's toy: the block's own digits) or orbit."),
+    ] = "digits",
     traces: Annotated[
-        Path | None, typer.Option(help="Memento traces (JSONL/JSON/Parquet) to write the passcode into instead.")
+        Path | None,
+        typer.Option(help="Memento traces (JSONL/JSON/Parquet): a 5-digit passcode is written into the block."),
     ] = None,
-    n: Annotated[
-        int, typer.Option(help="How many traces (those of 70% of the problems train the probe, the rest score it).")
-    ] = 2000,
+    n: Annotated[int, typer.Option(help="How many traces (80% train the probe, the rest score it).")] = 2000,
     block: Annotated[int, typer.Option(help="The block (1-based) that holds the passcode.")] = 2,
-    template: Annotated[str, typer.Option(help="Passcode text put first in the block (with --traces).")] = (
-        "The passcode is {digit}. "
-    ),
     seed: Annotated[int, typer.Option(help="Seed of the passcodes and the probe.")] = 0,
     mask_delimiters: Annotated[
         bool | None,
         typer.Option("--mask-delimiters/--keep-delimiters", help="Default: masked for toy tasks, kept for --traces."),
     ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where audit.md, audit.json and the plots go.")] = Path(
+        "audit-out"
+    ),
     as_json: Annotated[bool, typer.Option("--json", help="Print every (layer, memento) result as JSON.")] = False,
 ):
-    """Measure the ghost trace: how well an MLP reads a passcode from memento KV after its block was evicted.
+    """Measure the ghost trace: how well the paper's MLP probe reads a passcode from memento KV once its block is
+    evicted, next to restart mode (strict forgetting).
 
-    Normal eviction vs restart mode (strict forgetting); per layer and per memento: causal control (before the
-    passcode's block: must be at chance), direct, and masked +1, +2, ... (any signal above chance is leakage).
+    Per layer and per memento: causal control (before the passcode's block: must be at chance), direct, and masked
+    +1, +2, ... (any signal above chance is leakage). Writes audit.md, audit.json and two plots to --out.
     """
-    from memento.core.errors import MementoError
-    from memento.probe.leakage import probe_model
+    from memento.probe.audit import audit as run_audit
+    from memento.probe.audit import write
 
-    if block < 1:
-        raise MementoError(f"--block {block}: blocks count from 1")
-    results = probe_model(model, task, traces, n, block - 1, template, seed, mask_delimiters)
+    source = str(traces) if traces is not None else task
+    if traces is None and task not in ("digits", "orbit"):
+        from memento.core.errors import MementoError
+
+        raise MementoError(f"--task {task}: choose digits or orbit, or give --traces FILE")
+    with err.status(f"probing {model} ({source}, {n} traces)"):
+        result = run_audit(model, source, n, block - 1, seed, mask_delimiters)
+        report = write(result, out_dir)
     if as_json:
-        out.print_json(json.dumps({mode: leak.table() for mode, leak in results.items()}))
+        out.print_json(json.dumps(result.to_json()))
         return
-    for mode, leak in results.items():
+    for mode, leak in result.results.items():
         table = Table(title=f"{mode}: probe accuracy by layer and memento (held-out n = {leak.n_test}, chance 10%)")
         table.add_column("layer")
         for m in range(leak.accuracy.shape[1]):
@@ -196,3 +202,4 @@ def probe(
         for layer in range(leak.accuracy.shape[0]):
             table.add_row(str(layer + 1), *(f"{100 * a:.1f}%" for a in leak.accuracy[layer]))
         out.print(table)
+    out.print(f"report: {report}")

@@ -21,6 +21,7 @@ surviving tokens (memento KV is never evicted), and it is one batched forward in
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -31,6 +32,7 @@ from memento.core.errors import MementoError
 from memento.core.format import Trace
 from memento.core.intervals import wilson
 from memento.core.policy import EvictionPolicy
+from memento.core.precision import resolve
 from memento.core.spans import Kind
 from memento.train.dataset import Collator, build_examples
 from memento.train.masks import model_mask
@@ -39,14 +41,30 @@ MEMENTO_KINDS = (Kind.SUMMARY_START, Kind.SUMMARY, Kind.SUMMARY_END)
 
 
 @torch.no_grad()
-def memento_features(model, tokenizer, traces: list[Trace], policy: EvictionPolicy, batch_size: int = 32):
-    """(N, layers, mementos, 2 x kv_heads x head_dim) float32: per trace, layer and memento, the mean K and V of
-    the memento's tokens as the engine holds them under `policy`. Every trace needs the same number of blocks."""
+def memento_features(
+    model,
+    tokenizer,
+    traces: list[Trace],
+    policy: EvictionPolicy,
+    batch_size: int = 32,
+    pool: str = "mean",
+    mementos: list[int] | None = None,
+    layers: list[int] | None = None,
+):
+    """(N, layers, mementos, F) float32: per trace, layer and memento (0-based; all, or those given), the K and V of
+    the memento's tokens as the engine holds them under `policy`. Every trace needs the same number of blocks.
+
+    `pool="mean"`: the mean K and V over the memento's tokens, F = 2 x kv_heads x head_dim (any memento length);
+    `pool="concat"`: the paper's features, K and V of every memento token concatenated, F = tokens x 2 x kv_heads x
+    head_dim (every memento j must have the same number of tokens in every trace)."""
+    if pool not in ("mean", "concat"):
+        raise MementoError(f"pool must be mean or concat, got {pool!r}")
     examples, _ = build_examples(traces, tokenizer, max_length=10**9)
     blocks = {e.spans.n_blocks for e in examples}
     if len(blocks) != 1:
         raise MementoError(f"the probe needs traces with the same number of blocks, got {sorted(blocks)}")
     n_mementos = blocks.pop()
+    chosen = list(range(n_mementos)) if mementos is None else list(mementos)
     collate = Collator(tokenizer.pad_token_id or 0, policy)
     device = next(model.parameters()).device
     model.eval()
@@ -63,31 +81,52 @@ def memento_features(model, tokenizer, traces: list[Trace], policy: EvictionPoli
             use_cache=True,
         )
         kv = [torch.cat([layer.keys, layer.values], dim=1) for layer in result.past_key_values.layers]  # (B, 2H, T, D)
+        if layers is not None:
+            kv = [kv[i] for i in layers]
         kinds, block = batch["kind"], torch.full_like(batch["kind"], -1)
         for row, e in enumerate(chunk):
             block[row, : len(e)] = torch.from_numpy(e.spans.block.astype(np.int64))
         is_memento = torch.isin(kinds, torch.tensor([int(k) for k in MEMENTO_KINDS]))
-        # (B, M, T) weights averaging each memento's tokens
-        weights = torch.stack([(is_memento & (block == j)).float() for j in range(n_mementos)], dim=1)
-        weights = (weights / weights.sum(-1, keepdim=True)).to(device)
-        per_layer = [torch.einsum("bmt,bhtd->bmhd", weights, layer.float()).flatten(2) for layer in kv]
+        where = torch.stack([is_memento & (block == j) for j in chosen], dim=1)  # (B, M, T)
+        if pool == "mean":
+            weights = where.float()
+            weights = (weights / weights.sum(-1, keepdim=True)).to(device)
+            per_layer = [torch.einsum("bmt,bhtd->bmhd", weights, layer.float()).flatten(2) for layer in kv]
+        else:
+            counts = where.sum(-1)
+            if not bool((counts == counts[:1]).all()):
+                raise MementoError("pool=concat needs every memento to have the same number of tokens in every trace")
+            t = torch.nonzero(where, as_tuple=True)[2].reshape(len(chunk), len(chosen), -1).to(device)  # (B, M, K)
+            rows = torch.arange(len(chunk), device=device)[:, None, None]
+            per_layer = [layer.float().transpose(1, 2)[rows, t].flatten(2) for layer in kv]  # (B, M, K x 2H x D)
         out.append(torch.stack(per_layer, dim=1).cpu())  # (B, L, M, F)
     return torch.cat(out).numpy()
 
 
 @dataclass(frozen=True, slots=True)
 class ProbeConfig:
-    hidden: int = 128
+    """An MLP probe: F -> hidden... -> digits x 10, AdamW, `epochs` over the training rows in batches of `batch_size`
+    (None: full batch). The default is the demo's small probe; `PAPER_PROBE` is the paper's (512 x 256 + 128)."""
+
+    hidden: tuple[int, ...] = (128,)
     epochs: int = 300
     lr: float = 3e-3
     weight_decay: float = 1e-2
     train_fraction: float = 0.7
     seed: int = 0
+    batch_size: int | None = None
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the CPU runs it natively)
+
+
+PAPER_PROBE = ProbeConfig(
+    hidden=(512, 256, 128), epochs=30, lr=1e-3, weight_decay=1e-2, train_fraction=0.8, batch_size=256, precision="auto"
+)
 
 
 def split(n: int, fraction: float, seed: int, groups=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Row indices (train, test): a random `fraction` of the rows for training, or, given `groups` (one hashable per
-    row), a random `fraction` of the groups, so rows of one group (e.g. one problem) never sit on both sides."""
+    row), a random `fraction` of the groups, so rows of one group (e.g. one problem, or one label: the paper's
+    label-unique split) never sit on both sides."""
     rng = np.random.default_rng(seed)
     if groups is None:
         order = rng.permutation(n)
@@ -100,15 +139,16 @@ def split(n: int, fraction: float, seed: int, groups=None) -> tuple[torch.Tensor
 
 
 def fit_probes(features: np.ndarray, labels: np.ndarray, config: ProbeConfig = ProbeConfig(), groups=None):
-    """An MLP probe per feature group, scored on held-out rows. `features`: (N, G..., F); `labels`: (N,) ints;
-    `groups`: optional (N,) row groups (the problem) kept on one side of the train/test split (see `split`).
+    """An MLP probe per feature group, scored on held-out rows. `features`: (N, G..., F); `labels`: (N,) or (N, D)
+    ints (D digits, one 10-way head each); `groups`: optional (N,) row groups kept on one side of the train/test
+    split (see `split`).
 
-    All groups train at once as one batched MLP (F -> hidden -> classes), full batch, AdamW; features standardised
-    with the training split's statistics. Returns ((G...,) correct counts on the test split, test split size).
-    """
+    All groups train at once as one batched MLP; features standardised with the training split's statistics.
+    Returns ((G...,) correct digit predictions on the test split, their number: test rows x D)."""
     n, groups_shape, f = features.shape[0], features.shape[1:-1], features.shape[-1]
     x = torch.from_numpy(features.reshape(n, -1, f)).float().transpose(0, 1)  # (G, N, F)
-    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64).reshape(n, -1))  # (N, D)
+    digits = y.shape[1]
     train, test = split(n, config.train_fraction, config.seed, groups)
     if len(train) == 0 or len(test) == 0:
         raise MementoError(f"the probe needs rows on both sides of its train/test split, got {n} rows")
@@ -116,25 +156,36 @@ def fit_probes(features: np.ndarray, labels: np.ndarray, config: ProbeConfig = P
     x = (x - mean) / std
     g, classes = x.shape[0], int(y.max()) + 1
     torch.manual_seed(config.seed)
-    w1 = torch.nn.Parameter(torch.randn(g, f, config.hidden) / f**0.5)
-    b1 = torch.nn.Parameter(torch.zeros(g, 1, config.hidden))
-    w2 = torch.nn.Parameter(torch.randn(g, config.hidden, classes) / config.hidden**0.5)
-    b2 = torch.nn.Parameter(torch.zeros(g, 1, classes))
-    params = [w1, b1, w2, b2]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    sizes = [f, *config.hidden, digits * classes]
+    weights = [torch.nn.Parameter(torch.randn(g, a, b) / a**0.5) for a, b in itertools.pairwise(sizes)]
+    biases = [torch.nn.Parameter(torch.zeros(g, 1, b)) for b in sizes[1:]]
+    optimizer = torch.optim.AdamW([*weights, *biases], lr=config.lr, weight_decay=config.weight_decay)
 
-    def logits(rows):
-        return torch.nn.functional.gelu(x[:, rows] @ w1 + b1) @ w2 + b2  # (G, n, classes)
+    def logits(rows):  # (G, n, D, classes)
+        h = x[:, rows]
+        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            h = h @ w + b
+            if i < len(weights) - 1:
+                h = torch.nn.functional.gelu(h)
+        return h.unflatten(-1, (digits, classes))
 
-    target = y[train].expand(g, -1)
+    generator = torch.Generator().manual_seed(config.seed)
+    batch = config.batch_size or len(train)
+    low = resolve(config.precision, "cpu").precision == "bf16"
     for _ in range(config.epochs):
-        loss = torch.nn.functional.cross_entropy(logits(train).flatten(0, 1), target.flatten())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        order = train[torch.randperm(len(train), generator=generator)] if config.batch_size else train
+        for start in range(0, len(order), batch):
+            rows = order[start : start + batch]
+            target = y[rows].expand(g, -1, -1)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+                out = logits(rows)
+            loss = torch.nn.functional.cross_entropy(out.float().flatten(0, 2), target.flatten())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
     with torch.no_grad():
-        correct = (logits(test).argmax(-1) == y[test]).sum(-1)
-    return correct.numpy().reshape(groups_shape), len(test)
+        correct = (logits(test).argmax(-1) == y[test]).sum((-1, -2))
+    return correct.numpy().reshape(groups_shape), len(test) * digits
 
 
 class Leakage(NamedTuple):
@@ -176,18 +227,22 @@ def leakage(
     model,
     tokenizer,
     traces: list[Trace],
-    digits: list[int],
+    labels,
     policy: EvictionPolicy,
     block: int = 1,
     config: ProbeConfig = ProbeConfig(),
+    groups=None,
+    pool: str = "mean",
+    mementos: list[int] | None = None,
 ) -> Leakage:
-    """Probe every layer and memento of `traces` (whose block `block` holds the passcode digit `digits[i]`). Traces
-    of one problem stay on one side of the probe's train/test split: a probe cannot score by recognising a problem
-    it was trained on with the same digit."""
+    """Probe every layer and memento (all, or `mementos`: 0-based, counted from memento 1) of `traces`, whose block
+    `block` holds what `labels` say ((N,) or (N, digits) ints). `groups` (default: the problem) stay on one side of
+    the probe's train/test split: a probe cannot score by recognising a problem it was trained on with its label."""
     longest = max(len(t.problem) + len(t.response) for t in traces)  # characters: a bound on tokens
-    batch = 32 if longest <= 1024 else max(1, 32 * 1024**2 // longest**2)  # the dense mask is (B, 1, T, T)
-    features = memento_features(model, tokenizer, traces, policy, batch)
-    correct, n_test = fit_probes(features, np.asarray(digits), config, groups=[t.problem for t in traces])
+    batch = 64 if longest <= 1024 else max(1, 64 * 1024**2 // longest**2)  # the dense mask is (B, 1, T, T)
+    features = memento_features(model, tokenizer, traces, policy, batch, pool, mementos)
+    groups = [t.problem for t in traces] if groups is None else groups
+    correct, n_test = fit_probes(features, np.asarray(labels), config, groups=groups)
     return Leakage(block, correct / n_test, correct, n_test, 1 / 10)
 
 
@@ -197,70 +252,3 @@ def inject(trace: Trace, block: int, text: str) -> Trace:
 
     blocks = [Block(text + b.text, b.memento) if i == block else b for i, b in enumerate(trace.blocks)]
     return Trace(trace.problem, blocks, trace.answer)
-
-
-def probe_model(
-    folder,
-    task: str = "orbit",
-    traces=None,
-    n: int = 2000,
-    block: int = 1,
-    template: str = "The passcode is {digit}. ",
-    seed: int = 0,
-    mask_delimiters: bool | None = None,
-) -> dict[str, Leakage]:
-    """The probe on a model folder, with normal eviction and with restart: {"evict": Leakage, "restart": Leakage}.
-
-    Traces: `n` traces of held-out problems of toy `task` with the passcode as the task's own note, or the Memento
-    traces in the file `traces` with `template` put first in block `block`, all cut to the same number of blocks
-    (the fewest any of them has, and at least block + 2; shorter traces are left out). `mask_delimiters` defaults
-    to the toy's policy (True) for toy tasks and to the paper's Qwen3 setting (False) for trace files.
-    """
-    from pathlib import Path
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from memento.core.chat import memento_ids
-
-    folder = Path(folder)
-    if not (folder / "config.json").exists():
-        raise MementoError(f"--model {folder}: not a Hugging Face model folder")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    memento_ids(tokenizer)  # a clear error with the fix when the Memento tokens are missing
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    rng = np.random.default_rng(seed)
-    if traces is None:
-        from memento.synthetic.orbit import with_note
-        from memento.synthetic.tasks import held_out
-
-        if task != "orbit":
-            raise MementoError(f"--task {task}: the passcode note is defined for the orbit task; use --traces FILE")
-        marked_from = held_out(task, n, seed + 20_000, notes=0.0)
-        if not 1 <= block < len(marked_from[0].blocks) - 1:
-            raise MementoError(
-                f"--block {block + 1}: orbit's passcode goes into a round before the last one, "
-                f"blocks 2-{len(marked_from[0].blocks) - 1}"
-            )
-        digits = rng.integers(0, 10, len(marked_from)).tolist()
-        marked = [with_note(t, block, d) for t, d in zip(marked_from, digits, strict=True)]
-        toy = True
-    else:
-        from memento.core.rows import iter_traces
-
-        found = [t for t in iter_traces(Path(traces)) if len(t.blocks) >= block + 2][:n]
-        if len(found) < 20:
-            raise MementoError(f"{traces}: {len(found)} traces have at least {block + 2} blocks; the probe needs 20+")
-        keep = min(len(t.blocks) for t in found)
-        digits = rng.integers(0, 10, len(found)).tolist()
-        marked = [
-            inject(Trace(t.problem, t.blocks[:keep], t.answer), block, template.format(digit=d))
-            for t, d in zip(found, digits, strict=True)
-        ]
-        toy = False
-    delimiters = toy if mask_delimiters is None else mask_delimiters
-    config = ProbeConfig(seed=seed)
-    policies = {
-        mode: EvictionPolicy(0, mask_delimiters=delimiters, restart=r)
-        for mode, r in (("evict", False), ("restart", True))
-    }
-    return {mode: leakage(model, tokenizer, marked, digits, policy, block, config) for mode, policy in policies.items()}

@@ -99,32 +99,9 @@ def plot_accuracy(rows: list[dict], path: Path) -> Path:
 
 
 def plot_probe(leak: dict, path_layers: Path, path_distance: Path) -> tuple[Path, Path]:
-    plt = pyplot()
-    evict, restart = leak["evict"], leak["restart"]
-    b = evict.block
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    layers = np.arange(evict.accuracy.shape[0])
-    for m, label in ((b, "direct (memento 2)"), (b + 1, "masked (memento 3)"), (b - 1, "causal control (memento 1)")):
-        ax.plot(layers, 100 * evict.accuracy[:, m], "o-", label=label)
-    ax.plot(layers, 100 * restart.accuracy[:, b + 1], "s--", label="masked, restart mode")
-    ax.axhline(100 * evict.chance, color="grey", lw=1, ls=":", label="chance")
-    ax.set_xticks(layers, [str(i + 1) for i in layers])
-    ax.set_xlabel("layer")
-    ax.set_ylabel("probe accuracy (%)")
-    ax.set_title("Passcode in block 2, read from memento KV, by layer")
-    ax.legend(fontsize=8)
-    first = save(fig, path_layers)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    distances = np.arange(evict.accuracy.shape[1] - b)
-    for result, style, label in ((evict, "o-", "eviction"), (restart, "s--", "restart mode")):
-        ax.plot(distances, 100 * result.accuracy[-1, b:], style, label=f"last layer, {label}")
-    ax.axhline(100 * evict.chance, color="grey", lw=1, ls=":", label="chance")
-    ax.set_xticks(distances, ["direct"] + [f"+{d}" for d in distances[1:]])
-    ax.set_xlabel("memento, blocks after the passcode's block")
-    ax.set_ylabel("probe accuracy (%)")
-    ax.set_title("The ghost trace by distance")
-    ax.legend(fontsize=8)
-    return first, save(fig, path_distance)
+    from memento.probe.audit import Audit, plot
+
+    return plot(Audit("orbit", "", leak, 0, leak["evict"].block), path_layers, path_distance)
 
 
 def plot_sawtooth(timelines: dict[str, list[int]], path: Path) -> Path:

@@ -1,0 +1,52 @@
+"""The ghost trace on the paper's toy (Figure 13): writes docs/results/ghost-trace.{json,png}.
+
+    memento train --recipe recipes/toy-digits.yaml      # ~55 min on one core; a checkpoint every 100 steps
+    python scripts/ghost_trace.py --run runs/toy-digits --final STEP [--along STEP,STEP,...]
+
+`--final` names the checkpoint Figure 13's first two panels probe (the first past 90% task accuracy); `--along`
+the checkpoints of the third (leakage vs task accuracy). Without `--run`, the checkpoints shipped in
+memento/toy/checkpoints/digits* are used. See memento/toy/ghost.py for the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from memento.toy import ghost
+
+SHIPPED = Path(__file__).resolve().parents[1] / "memento" / "toy" / "checkpoints"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, help="a `memento train` run folder of recipes/toy-digits.yaml")
+    parser.add_argument("--final", type=int, help="the step of the checkpoint probed in full")
+    parser.add_argument("--along", default="", help="steps of the checkpoints for leakage along training, a,b,c")
+    parser.add_argument("--n", type=int, default=10_000, help="probe traces (the paper: 50K)")
+    parser.add_argument("--n-along", type=int, default=4_000, help="probe traces per checkpoint along training")
+    parser.add_argument("--out", type=Path, default=Path("docs/results"))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.run:
+        folder = args.run / "checkpoints"
+        final = folder / f"{args.final:07d}-stage2"
+        along = [folder / f"{int(s):07d}-stage2" for s in args.along.split(",") if s]
+    else:
+        final = SHIPPED / "digits"
+        along = sorted(SHIPPED.glob("digits-step*"))
+    results = ghost.run(final, along, n=args.n, n_along=args.n_along)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ghost-trace.json").write_text(json.dumps(results, indent=1))
+    print(ghost.plot(results, args.out / "ghost-trace.png"))
+
+
+if __name__ == "__main__":
+    main()

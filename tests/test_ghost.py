@@ -1,0 +1,75 @@
+"""The ghost-trace experiment on the paper's toy: its traces, its greedy scoring (== decoding with eviction) and the
+paper's probe (K and V of every memento token concatenated, a deep MLP, several digits at once)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from memento.core.chat import label_trace, memento_ids
+from memento.core.spans import Kind
+from memento.engine.reference import teacher_force
+from memento.probe.leakage import MEMENTO_KINDS, PAPER_PROBE, ProbeConfig, fit_probes, memento_features
+from memento.synthetic.digits import digits_traces
+from memento.toy import ghost
+from memento.toy.experiments import EVICT
+
+
+def test_digits_written_by_the_model_exist_only_in_their_block():
+    traces = digits_traces(50, seed=3, listed=0)
+    assert {t.problem for t in traces} == {"sum 10x5"}
+    assert len({t.blocks[1].text for t in traces}) > 45
+    for t in traces:
+        sums = np.cumsum([sum(map(int, b.text)) for b in t.blocks])
+        assert [b.memento for b in t.blocks] == [f"{s:03d}" for s in sums]
+    labels = ghost.block_digits(traces[:2])
+    assert labels.shape == (2, 5) and "".join(map(str, labels[0])) == traces[0].blocks[1].text
+
+
+def test_greedy_scoring_is_decoding_with_eviction(chars, char_llama):
+    """`write_greedy` writes mementos with one masked forward per token; the reference engine, decoding the same
+    sequence token by token with physical eviction, must choose every written token itself."""
+    batch = digits_traces(3, seed=5, blocks=4, listed=0)
+    written, truth, kinds = ghost.write_greedy(char_llama, chars, batch)
+    assert written.shape == truth.shape
+    forced = (kinds[0] != int(Kind.SUMMARY)) & (kinds[0] != int(Kind.ANSWER))
+    assert torch.equal(written[:, forced], truth[:, forced]), "block digits and delimiters are forced"
+    start = label_trace(batch[0], chars)[0].completion_start
+    for row in range(len(batch)):
+        logits, _ = teacher_force(char_llama, memento_ids(chars), EVICT, written[row].tolist(), start)
+        chosen = logits[:-1].argmax(-1)
+        for p in torch.nonzero(~forced).flatten().tolist():
+            assert int(chosen[p - 1]) == int(written[row, p])
+    score = ghost.task_accuracy(char_llama, chars, batch)
+    assert score["n"] == 3 and score["answer"] == 0.0 and 0 <= score["memento_digits"] < 0.5
+
+
+def test_concat_features_are_the_engines_cache_token_by_token(chars, char_llama):
+    batch = digits_traces(2, seed=6, blocks=3, listed=0)
+    features = memento_features(char_llama, chars, batch, EVICT, pool="concat", mementos=[1, 2])
+    assert features.shape == (2, 2, 2, 6 * 2 * 2 * 8)  # 6 memento tokens x (K, V) x 2 KV heads x 8 dims
+    for i, trace in enumerate(batch):
+        encoded, spans = label_trace(trace, chars)
+        cache = teacher_force(char_llama, memento_ids(chars), EVICT, encoded.ids, encoded.completion_start)[1].cache
+        for k, j in enumerate((1, 2)):
+            tokens = np.flatnonzero(np.isin(spans.kind, MEMENTO_KINDS) & (spans.block == j))
+            slots = [int(torch.nonzero(cache.index[0] == t)) for t in tokens]
+            for layer in range(2):
+                kv = torch.cat([cache.kv.layers[layer].keys[0], cache.kv.layers[layer].values[0]])[:, slots]
+                assert np.allclose(features[i, layer, k], kv.transpose(0, 1).flatten().numpy(), atol=1e-5)
+
+
+def test_the_papers_probe_reads_each_digit_it_can_and_no_other():
+    """Labels of 2 digits: the features carry the first one only; accuracy is averaged over the digits."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, (2000, 2))
+    x = rng.normal(size=(2000, 1, 40)).astype(np.float32)
+    x[:, 0, :10] += 3.0 * np.eye(10)[labels[:, 0]]
+    groups = [f"{a}{b}" for a, b in labels]
+    config = replace(PAPER_PROBE, epochs=8, precision="fp32")
+    correct, n = fit_probes(x, labels, config, groups=groups)
+    assert n % 2 == 0 and 0.5 * (0.9 + 0.1) - 0.06 < correct[0] / n < 0.5 * (1.0 + 0.1) + 0.03
+    small, n_small = fit_probes(x, labels[:, 1], ProbeConfig(epochs=100))
+    assert abs(small[0] / n_small - 0.1) < 0.05
