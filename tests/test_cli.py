@@ -176,6 +176,8 @@ def test_generate_and_train_errors_are_one_line(tmp_path, smollm2_dir):
     assert proc.returncode == 2 and "optim: lr must be a number, got 'fast'" in proc.stderr
     proc = run("generate", "hi", "--model", str(smollm2_dir), "--policy", "full", "--restart", check=False)
     assert proc.returncode == 2 and "needs eviction" in proc.stderr
+    proc = run("generate", "hi", "--model", str(smollm2_dir), "--forget", "(", check=False)
+    assert proc.returncode == 2 and "--forget: not a valid regular expression (missing )" in proc.stderr
 
 
 @pytest.fixture(scope="module")

@@ -184,11 +184,46 @@ def test_streaming_callback_and_stats(chars, model):
     assert data["trace"]["blocks"][0]["memento"] == "bbb" and data["stats"]["evictions"] == s.evictions
 
 
+def test_forget_restarts_only_the_blocks_it_matches(chars, model):
+    """`Sampling.forget`: batched generation equals teacher forcing with the same rule; a pattern that every block
+    matches is restart mode, one that none matches is normal eviction, and the selection is neither. (The release's
+    mode, and keep 1: `test_invariant.py`.)"""
+    from memento.core.policy import forgetter
+
+    traces = sums_traces(2, seed=3, blocks=(2, 3))  # two blocks each
+
+    def run(forget, policy=POLICIES["keep0"]):
+        engine = ReferenceEngine(model, chars, policy)
+        prompts = [t.problem for t in traces]
+        return engine.generate(prompts, Sampling(forget=forget), force=forced, return_logits=True, batch_size=2)
+
+    (e, _), forced = completions(chars, traces)
+    some = run(r"= 38\.")  # block 0 of the first trace ("0 + 38 = 38. ..."), no other
+    rule = forgetter(r"= 38\.", lambda ids: chars.decode(ids, skip_special_tokens=False))
+    ref = teacher_force(model, memento_ids(chars), POLICIES["keep0"], e.ids, e.completion_start, forget=rule)[0]
+    assert float((some[0].logits - ref[e.completion_start - 1 :]).abs().max()) <= 1e-4
+    assert [g.stats.forgotten for g in some] == [1, 0] and some[1].stats.evictions == 2
+    restart, normal = run(None, POLICIES["keep0-restart"]), run(None)
+    for flagged, same in ((run(r"\d"), restart), (run("no block says this"), normal)):
+        for g, want in zip(flagged, same, strict=True):
+            assert torch.equal(g.logits, want.logits) and g.stats.forgotten == want.stats.forgotten
+    assert [g.stats.forgotten for g in restart] == [2, 2]
+    assert (some[0].logits - normal[0].logits).abs().max() > 1e-4
+    assert (some[0].logits - restart[0].logits).abs().max() > 1e-4
+
+
 def test_bad_requests_get_clear_errors(chars, model):
     engine = ReferenceEngine(model, chars)
     with pytest.raises(MementoError, match="context"):
         engine.generate("x" * 3000)  # the tiny config's context is 2048
     with pytest.raises(MementoError, match="top_p"):
         Sampling(top_p=0)
+    with pytest.raises(MementoError, match=r"forget: not a valid regular expression \(missing \)"):
+        Sampling(forget="(")
+    with pytest.raises(MementoError, match="forget needs eviction"):
+        ReferenceEngine(model, chars, EvictionPolicy(-1)).generate("x", Sampling(forget="a"))
+    with pytest.raises(MementoError, match="build the Engine with `decode`"):
+        engine.engine.decode = None
+        engine.engine.generate([[1, 2]], Sampling(forget="a"))
     with pytest.raises(MementoError, match="needs eviction"):
         EvictionPolicy(-1, restart=True)

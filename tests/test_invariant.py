@@ -160,3 +160,35 @@ def test_the_two_restart_modes_coincide_with_keep0_and_the_delimiters_evicted(ti
     kept = evicted_logits(tiny_model, special, encoded, POLICIES_ALL["keep0-restart"])[0]  # strict, delimiters kept
     release = evicted_logits(tiny_model, special, encoded, POLICIES_ALL["keep0-restart-release"])[0]
     assert (kept - release).abs().max() > TOL  # the release evicts the delimiters whatever mask_delimiters says
+
+
+@pytest.mark.parametrize("name", ["keep1", "keep1-restart-release"])
+def test_selective_forgetting_equals_its_masked_forward(tiny_model, tokenizer, name):
+    """`forget` flags blocks 1 and 2 by their text: decoding forgets those strictly (in the policy's restart mode,
+    with or without its `restart`) and evicts blocks 0 and 3 normally. Its logits equal the forward under the mask
+    of those forgotten blocks wherever a token was not recomputed after it was sampled, and its final KV equals that
+    forward's KV everywhere. (Flagging every block or none: `test_engine.py`.)"""
+    from memento.core.policy import forgetter
+    from memento.train.masks import recompute_triggers
+
+    policy = POLICIES_ALL[name]
+    encoded, spans = label_trace(small_trace(5), tokenizer)
+    rule = forgetter(r"Step [12]:", lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
+    special, n = memento_ids(tokenizer), len(encoded.ids)
+    logits, decoder = teacher_force(tiny_model, special, policy, encoded.ids, encoded.completion_start, forget=rule)
+    schedule = torch.from_numpy(eviction_schedule(spans, policy))[None]
+    redo = recompute_triggers([spans], policy, n, [{1, 2}])
+    mask = model_mask(tiny_model, schedule, torch.zeros_like(schedule, dtype=torch.bool), policy.restart, redo)
+    with torch.no_grad():
+        ids, positions = torch.tensor([encoded.ids]), torch.arange(n)[None]
+        out = tiny_model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    sampled = (redo[0] < 0).numpy()  # never recomputed: the logits decoding computed are the forward's
+    assert not sampled.all() and (out.logits[0] - logits).abs().amax(-1).numpy()[sampled].max() <= TOL
+    cache = decoder.cache
+    cache.check_integrity()
+    assert sorted(cache.index[0].tolist()) == np.flatnonzero(schedule[0].numpy() > n).tolist()
+    index = cache.index[0]
+    for ours, full in zip(cache.kv.layers, out.past_key_values.layers, strict=True):
+        assert (ours.keys[0] - full.keys[0][:, index]).abs().max() <= TOL
+        assert (ours.values[0] - full.values[0][:, index]).abs().max() <= TOL
+    assert decoder.rows[0].forgotten == 2

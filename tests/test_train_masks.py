@@ -131,3 +131,69 @@ def test_sliding_window_layers_get_the_memento_mask_within_their_window(attentio
     assert full[19, 5] and not full[20, 5] and full[30, 2]  # the Memento rule
     assert not sliding[19, 5] and sliding[19, 12] and not sliding[30, 2]  # ... cut to the 8-token window
     assert torch.equal(sliding, full & (torch.arange(n)[:, None] - torch.arange(n)[None, :] < 8))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.lists(traces, min_size=1, max_size=3), policy=policies, data=st.data())
+def test_selective_forgetting_masks_equal_the_reference(qwen, batch, policy, data):
+    """Only the blocks in `forget` get restart's recomputation (whatever `policy.restart`): the dense and flex
+    masks of `recompute_triggers(..., forget)` equal the engine-simulating reference, padding included."""
+    ids, spans, schedule, pad = padded_batch(qwen, batch, policy)
+    special = memento_ids(qwen)
+    b, n = ids.shape
+    forget = [data.draw(st.sets(st.integers(0, max(s.n_blocks - 1, 0)))) for s in spans]
+    redo = recompute_triggers(spans, policy, n, forget)
+    dense = dense_mask(schedule, pad, policy.restart, redo)
+    flex = create_mask(mask_mod(schedule, pad, policy.restart, redo), b, None, n, n, "cpu")
+    for row in range(b):
+        ref = reference_mask(ids[row], spans[row], special.summary_end, special.block_start, policy, forget[row])
+        np.testing.assert_array_equal(dense[row, 0].numpy(), ref, err_msg=f"row {row}, forget {forget[row]}")
+    assert torch.equal(flex, dense)
+
+
+@pytest.mark.parametrize("mode", ["strict", "release"])
+@pytest.mark.parametrize("keep", [0, 1])
+def test_forgetting_every_block_is_restart_and_none_is_normal_eviction(qwen, keep, mode):
+    restart = EvictionPolicy(keep, restart=True, restart_mode=mode)
+    _ids, spans, schedule, pad = padded_batch(qwen, [small_trace(3), small_trace(4)], restart)
+    n = schedule.shape[1]
+    everything = [set(range(s.n_blocks)) for s in spans]
+    full = dense_mask(schedule, pad, True, recompute_triggers(spans, restart, n))
+    assert torch.equal(dense_mask(schedule, pad, True, recompute_triggers(spans, restart, n, everything)), full)
+    if mode == "strict":  # also without the policy's restart flag; nothing forgotten is plain eviction
+        plain = EvictionPolicy(keep)
+        assert torch.equal(dense_mask(schedule, pad, False, recompute_triggers(spans, plain, n, everything)), full)
+        nothing = recompute_triggers(spans, plain, n, [set(), set()])
+        assert torch.equal(dense_mask(schedule, pad, False, nothing), dense_mask(schedule, pad))
+        some = dense_mask(schedule, pad, False, recompute_triggers(spans, plain, n, [{1}, {0, 2}]))
+        assert not torch.equal(some, full) and not torch.equal(some, dense_mask(schedule, pad))
+
+
+def test_collator_takes_the_blocks_to_forget_per_example(qwen):
+    """`Collator(...)(examples, forget=[...])` puts the recomputation triggers in the batch ("redo"), which the
+    trainer's and the probe's `model_mask` call reads unchanged."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from memento.core.spans import Kind
+    from memento.train.dataset import Collator, build_examples
+
+    examples, _ = build_examples([small_trace(3), small_trace(2)], qwen, 512)
+    policy = EvictionPolicy(0)
+    assert "redo" not in Collator(0, policy)(examples)
+    batch = Collator(0, policy)(examples, forget=[{1}, set()])
+    redo = batch["redo"]
+    block = torch.from_numpy(examples[0].spans.block)
+    memento = (batch["kind"][0, : len(block)] == int(Kind.SUMMARY)) & (block == 1)
+    recomputed = redo[0, : len(block)] >= 0  # what follows block 1 up to its eviction: delimiters and memento
+    assert recomputed[memento].all() and (block[recomputed] == 1).all() and (redo[1] == -1).all()
+    config = LlamaConfig(
+        vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    mask = model_mask(LlamaForCausalLM(config), batch["schedule"], batch["pad"], policy.restart, batch.get("redo"))
+    assert torch.equal(mask, dense_mask(batch["schedule"], batch["pad"], False, redo))
+    with pytest.raises(MementoError, match="2 sets of blocks for 1 sequences"):
+        Collator(0, policy)(examples[:1], forget=[{1}, set()])
+    with pytest.raises(MementoError, match="forget needs a policy that evicts"):
+        Collator(0, None)(examples, forget=[{1}, set()])
+    with pytest.raises(MementoError, match="does not cover restart"):
+        mask_mod(batch["schedule"], batch["pad"], False, redo, window=8)

@@ -38,6 +38,7 @@ COMPACT = {  # multi-turn chats whose first answer's blocks are evicted as the p
     "keep0-compact": EvictionPolicy(0, compact_prompt=True),
     "keep1-restart-release-compact": EvictionPolicy(1, restart=True, restart_mode="release", compact_prompt=True),
 }
+FORGET = {"keep0-forget": (EvictionPolicy(0), r"^[12]:")}  # the toy's blocks open with their number: 2 of 4 to 10
 
 
 def start(model, tmp_path_factory, **kwargs):
@@ -78,8 +79,9 @@ def toy_chats(n: int) -> list[list[dict]]:
     ]
 
 
-def vllm_generate(llm, prompts_ids, policies: list[EvictionPolicy], max_tokens: int, force=None):
-    """One batch: request i runs under `policies[i]` (and is forced through `force[i]` when given)."""
+def vllm_generate(llm, prompts_ids, policies: list[EvictionPolicy], max_tokens: int, force=None, forget=None):
+    """One batch: request i runs under `policies[i]` (and is forced through `force[i]`, and forgets the blocks that
+    `forget[i]` matches, when given)."""
     from vllm import SamplingParams
 
     params = []
@@ -87,6 +89,8 @@ def vllm_generate(llm, prompts_ids, policies: list[EvictionPolicy], max_tokens: 
         extra = {"memento_policy": asdict(policy)}
         if force is not None:
             extra["memento_force"] = force[i]
+        if forget is not None and forget[i] is not None:
+            extra["memento_forget"] = forget[i]
         params.append(
             SamplingParams(
                 temperature=0,
@@ -123,7 +127,7 @@ def refusals(llm, prompt_ids: list[int]) -> list[Exception]:
     from vllm import SamplingParams
 
     errors = []
-    for extra in ({"memento_policy": {"keep_last_n_blocks": -3}}, {"memento_force": "abc"}):
+    for extra in ({"memento_policy": {"keep_last_n_blocks": -3}}, {"memento_force": "abc"}, {"memento_forget": "("}):
         try:
             llm.generate([{"prompt_token_ids": prompt_ids}], SamplingParams(max_tokens=4, extra_args=extra))
         except Exception as e:
@@ -147,20 +151,26 @@ def toy(tmp_path_factory):
     for name, policy in COMPACT.items():
         engine = ReferenceEngine(reference.model, reference.tokenizer, policy)
         expected[name] = engine.generate(chats, Sampling(temperature=0, max_new_tokens=900), return_logits=True)
+    for name, (policy, forget) in FORGET.items():
+        engine = ReferenceEngine(reference.model, reference.tokenizer, policy)
+        sampling = Sampling(temperature=0, max_new_tokens=900, forget=forget)
+        expected[name] = engine.generate(prompts, sampling, return_logits=True)
     ids = [encode_chat(reference.tokenizer, p).ids for p in prompts]
     chat_ids = [encode_messages(reference.tokenizer, c) for c in chats]
     llm = start(TOY, tmp_path_factory, max_model_len=1024)
     try:
-        batch = ids * len(POLICIES) + chat_ids * len(COMPACT)
+        batch = ids * len(POLICIES) + chat_ids * len(COMPACT) + ids * len(FORGET)
         policies = [p for p in POLICIES.values() for _ in ids] + [p for p in COMPACT.values() for _ in chat_ids]
-        got, stats = vllm_generate(llm, batch, policies, 900)
+        policies += [p for p, _ in FORGET.values() for _ in ids]
+        forget = [None] * (len(batch) - len(FORGET) * len(ids)) + [f for _, f in FORGET.values() for _ in ids]
+        got, stats = vllm_generate(llm, batch, policies, 900, forget=forget)
         refused = refusals(llm, ids[0])
     finally:
         stop(llm)
     n = len(ids)
     runs = {
         name: (expected[name], got[i * n : (i + 1) * n], stats[i * n : (i + 1) * n])
-        for i, name in enumerate([*POLICIES, *COMPACT])
+        for i, name in enumerate([*POLICIES, *COMPACT, *FORGET])
     }
     return reference, runs, refused
 
@@ -190,12 +200,26 @@ def test_compacted_multi_turn_prompts_equal_the_reference_engine(toy, name):
     assert min(g.stats.evictions for g in expected) >= 3 - COMPACT[name].keep_last_n_blocks  # the first turn's
 
 
+@pytest.mark.parametrize("name", list(FORGET))
+def test_selective_forgetting_equals_the_reference_engine(toy, name):
+    """`extra_args["memento_forget"]`: the blocks whose text matches are forgotten strictly (vLLM recomputes their
+    mementos over what survives), the others evicted normally, in the same batch as every other policy: tokens,
+    logprobs, evictions and how many were forgotten equal the reference engine's with `Sampling.forget`."""
+    _, runs, _ = toy
+    expected, got, stats = runs[name]
+    assert_same_generations(expected, got, stats)
+    for g, s in zip(expected, stats, strict=True):
+        assert s["memento"]["forgotten"] == g.stats.forgotten
+        assert 0 < g.stats.forgotten < g.stats.evictions  # some blocks forgotten, not all
+
+
 def test_a_malformed_memento_request_is_refused_before_it_reaches_the_engine(toy):
     from vllm.exceptions import VLLMValidationError
 
     _, _, refused = toy
-    assert len(refused) == 2 and all(isinstance(e, VLLMValidationError) for e in refused)
+    assert len(refused) == 3 and all(isinstance(e, VLLMValidationError) for e in refused)
     assert "keep_last_n_blocks" in str(refused[0]) and "memento_force" in str(refused[1])
+    assert "extra_args.memento_forget: not a valid regular expression" in str(refused[2])
 
 
 def test_a_kv_pool_smaller_than_one_request_serves_them_all(tmp_path_factory, toy):

@@ -26,6 +26,7 @@ def generate(
     restart_mode: options.RestartMode = "strict",
     max_block_tokens: options.MaxBlockTokens = None,
     max_blocks: options.MaxBlocks = None,
+    forget: options.Forget = None,
     max_new_tokens: Annotated[int, typer.Option(help="Generation length limit.")] = 1024,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 1.0,
@@ -43,6 +44,7 @@ def generate(
     from rich.text import Text
 
     from memento.core.kv import plot_sawtooth
+    from memento.core.policy import forget_pattern
     from memento.core.spans import Kind
     from memento.core.units import size
     from memento.engine.generate import ReferenceEngine
@@ -52,9 +54,12 @@ def generate(
         *options.sampling_rules(max_new_tokens, temperature, top_p, top_k),
         *options.policy_rules(max_block_tokens, max_blocks),
     )
+    if forget is not None:
+        forget_pattern(forget, "--forget")
     pol = options.policy(
         policy, mask_delimiters, keep_last_block_for_answer, restart, max_block_tokens, max_blocks, model, restart_mode
     )
+    options.check(("--forget", forget, forget is None or pol.evicts, "used with a policy that evicts blocks"))
     engine = ReferenceEngine.from_pretrained(model, pol, device=device, add_tokens=add_tokens)
     room = engine.room(prompt)
     if room is not None and max_new_tokens > room:
@@ -65,9 +70,9 @@ def generate(
             markup=False,
         )
         max_new_tokens = room
-    sampling = Sampling(max_new_tokens, temperature, top_p, top_k, seed, tuple(stop or ()))
+    sampling = Sampling(max_new_tokens, temperature, top_p, top_k, seed, tuple(stop or ()), forget)
     (result,) = engine.generate(prompt, sampling)
-    data = result.to_dict() | {"policy": policy}
+    data = result.to_dict() | {"policy": policy} | ({} if forget is None else {"forget": forget})
     if plot is not None:
         data["plot"] = str(plot_sawtooth(engine.kv_comparison(result), plot, f"{model.name}, {policy}"))
     if as_json:
@@ -84,6 +89,7 @@ def generate(
         f"{s.generated_tokens} tokens ({result.finish_reason}), {s.blocks} blocks, {s.evictions} evictions freeing "
         f"{s.evicted_tokens} tokens; KV peak {s.peak_kv_tokens} tokens ({size(s.peak_kv_bytes)}), "
         f"final {s.final_kv_tokens}; {s.ms_per_token:.1f} ms/token"
+        + (f"; {s.forgotten} blocks forgotten strictly" if forget is not None or restart else "")
     )
     if plot is not None:
         out.print(f"plot: {data['plot']}")

@@ -30,6 +30,14 @@ RestartMode = Annotated[
         "newest memento only, delimiters always evicted)."
     ),
 ]
+Forget = Annotated[
+    str | None,
+    typer.Option(
+        metavar="REGEX",
+        help="Selective strict forgetting: only the blocks whose text matches REGEX (re.search) are forgotten as with "
+        "--restart (in its --restart-mode), the others are evicted normally; with or without --restart.",
+    ),
+]
 MaxBlockTokens = Annotated[int | None, typer.Option(help="Force <|block_end|> after this many.")]
 MaxBlocks = Annotated[int | None, typer.Option(help="Force </think> after this many blocks.")]
 CompactPrompt = Annotated[

@@ -35,9 +35,10 @@ def serve(
 ):
     """Serve MODEL with vLLM's OpenAI-compatible API and Memento eviction. Arguments after `--` go to vLLM.
 
-    Requests may choose their own policy: `extra_body={"vllm_xargs": {"memento_policy": "keep1"}}`. Each response
-    carries the request's KV statistics in `kv_transfer_params.memento`. Pass `skip_special_tokens: false` to see the
-    block structure in the text.
+    Requests may choose their own policy: `extra_body={"vllm_xargs": {"memento_policy": "keep1"}}`, and forget
+    strictly only the blocks whose text matches a regular expression: `{"memento_forget": "password|secret"}` (the
+    others are evicted normally). Each response carries the request's KV statistics in `kv_transfer_params.memento`.
+    Pass `skip_special_tokens: false` to see the block structure in the text.
     """
     from memento.engine.vllm import cpu_thread_binding, environment, require_vllm, serve_flags, tensor_parallel_size
 

@@ -21,12 +21,18 @@ Rules (keep_last_n_blocks = N >= 0):
     newest memento is recomputed (from its `<|summary_start|>` up to the trigger); with keep N > 0 the blocks and
     mementos between keep the KV they computed while the evicted block was visible. The paper's -15.3 points for
     restart were measured this way. `recompute_from` gives where each mode starts.
+- Selective strict forgetting (`forget`, a per-request regular expression, not a policy field): only the blocks
+  whose text it matches (`re.search` on the block's decoded content, when the block is evicted) get restart's
+  recomputation, in `restart_mode`; the others keep the KV computed while they were visible. It applies whether or
+  not `restart` is set (with `restart`, it narrows restart to the matching blocks), and it changes only what is
+  recomputed, never what is evicted or when (the release's mode still takes every block's delimiters).
 - `max_block_tokens` / `max_blocks` steer generation (force `<|block_end|>` / `</think>`), not eviction.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,11 +86,13 @@ class EvictionPolicy:
         """The kinds of a block's tokens that its eviction frees."""
         return (Kind.BLOCK, Kind.BLOCK_START, Kind.BLOCK_END) if self.delimiters_go else (Kind.BLOCK,)
 
-    def recompute_from(self, kinds, trigger: int, first_gone: int) -> int | None:
+    def recompute_from(self, kinds, trigger: int, first_gone: int, restart: bool | None = None) -> int | None:
         """Restart mode: the first sequence index whose KV is recomputed when an eviction triggers at `trigger`
         (`first_gone`: the first evicted index); None without restart. `kinds`: the labels of the tokens so far.
-        Strict: everything after the block's first token; release: from the newest `<|summary_start|>`."""
-        if not self.restart:
+        Strict: everything after the block's first token; release: from the newest `<|summary_start|>`.
+        `restart`: whether this eviction restarts (selective forgetting: its block matched `forget`); None: the
+        policy's `restart`."""
+        if not (self.restart if restart is None else restart):
             return None
         if self.restart_mode == "strict":
             return first_gone + 1
@@ -100,6 +108,26 @@ class EvictionPolicy:
         if match is None:
             raise MementoError(f"unknown policy '{name}': use full, keep0, keep1 or keepN with N a number")
         return cls(keep_last_n_blocks=int(match.group(1)), **flags)
+
+
+Forget = Callable[[list[int]], bool]  # a block's content token ids -> whether to forget it strictly
+
+
+def forget_pattern(regex: str, option: str = "forget") -> re.Pattern:
+    """`regex` compiled, or a `MementoError` naming `option` with the compiler's complaint."""
+    if not isinstance(regex, str):
+        raise MementoError(f"{option} must be a regular expression (a string), got {type(regex).__name__}")
+    try:
+        return re.compile(regex)
+    except re.error as e:
+        raise MementoError(f"{option}: not a valid regular expression ({e})") from e
+
+
+def forgetter(regex: str, decode: Callable[[list[int]], str], option: str = "forget") -> Forget:
+    """Selective strict forgetting: a block is forgotten when `regex` is found (`re.search`) in its decoded content
+    (the text between its delimiters)."""
+    pattern = forget_pattern(regex, option)
+    return lambda ids: pattern.search(decode(ids)) is not None
 
 
 def eviction_schedule(spans: Spans, policy: EvictionPolicy) -> np.ndarray:

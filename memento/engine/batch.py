@@ -20,9 +20,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from memento.core.errors import MementoError
 from memento.core.format import State
 from memento.core.kv import KVGeometry, auc_gb_ktok
-from memento.core.policy import EvictionPolicy
+from memento.core.policy import EvictionPolicy, Forget, forgetter
 from memento.core.spans import Kind, MementoIds, Spans, label
 from memento.engine.reference import Decoder, Row
 from memento.engine.sampling import Sampling, choose
@@ -46,6 +47,7 @@ class KVStats:
     ms_per_token: float
     kv_timeline: list[int] = field(repr=False)  # tokens held after each part of the prompt, then each fed token
     prefill_steps: int = 1  # the timeline's entries for the prompt (more when `compact_prompt` cut it)
+    forgotten: int = 0  # evictions that recomputed the survivors without the block (restart, or `Sampling.forget`)
 
 
 @dataclass
@@ -71,7 +73,8 @@ class Completion:
 
 
 class Engine:
-    """Generation on token ids: `generate(prompts)` -> one `Completion` per prompt, in order."""
+    """Generation on token ids: `generate(prompts)` -> one `Completion` per prompt, in order. `decode` (token ids ->
+    text) is needed only by `Sampling.forget`, which matches a block's text."""
 
     def __init__(
         self,
@@ -80,6 +83,7 @@ class Engine:
         policy: EvictionPolicy | None = None,
         eos: set[int] = frozenset(),
         context: int | None = None,
+        decode: Callable[[list[int]], str] | None = None,
     ):
         self.model = model.eval()
         self.special = special
@@ -87,6 +91,7 @@ class Engine:
         self.eos = set(eos)
         self.context = context  # the model's longest sequence (None: no limit)
         self.geometry = KVGeometry.from_config(model.config)
+        self.decode = decode
 
     @torch.no_grad()
     def generate(
@@ -126,7 +131,7 @@ class Engine:
         started = [0.0] * len(prompts)
         results: list[Completion | None] = [None] * len(prompts)
         queue = deque(range(len(prompts)))
-        decoder = Decoder(self.model, self.special, self.policy, min(batch_size, len(prompts)))
+        decoder = Decoder(self.model, self.special, self.policy, min(batch_size, len(prompts)), self._forget(sampling))
 
         def admit(slot: int) -> None:  # the next request into a free slot (none left: the slot leaves the batch)
             if queue:
@@ -180,6 +185,16 @@ class Engine:
             decoder.settle()
         return results
 
+    def _forget(self, sampling: Sampling) -> Forget | None:
+        """The rule of `sampling.forget` (selective strict forgetting), None without it."""
+        if sampling.forget is None:
+            return None
+        if not self.policy.evicts:
+            raise MementoError("forget needs eviction, but the policy keeps every block (full)")
+        if self.decode is None:
+            raise MementoError("forget matches a block's text: build the Engine with `decode` (ReferenceEngine does)")
+        return forgetter(sampling.forget, self.decode)
+
     def _capped(self, row: Row) -> int | None:
         """The token the policy puts next in place of sampling: `<|block_end|>` (a block at `max_block_tokens`) or
         `</think>` (`max_blocks` blocks written); None: sample."""
@@ -227,5 +242,6 @@ class Engine:
             ms_per_token=1000 * seconds / max(len(ids), 1),
             kv_timeline=list(timeline),
             prefill_steps=row.prefill_steps,
+            forgotten=row.forgotten,
         )
         return Completion(list(prompt), ids, reason, stats, torch.stack(logits) if logits else None)

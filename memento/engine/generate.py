@@ -52,7 +52,8 @@ class ReferenceEngine:
         special = memento_ids(tokenizer)  # a clear error with the fix when the tokens are missing
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
-        self.engine = Engine(model, special, policy, eos, getattr(model.config, "max_position_embeddings", None))
+        context = getattr(model.config, "max_position_embeddings", None)
+        self.engine = Engine(model, special, policy, eos, context, self.decode)
         self.model, self.policy, self.special, self.geometry = model, self.engine.policy, special, self.engine.geometry
 
     @classmethod
@@ -117,8 +118,9 @@ class ReferenceEngine:
         seeds: list[int] | None = None,
         return_logprobs: bool = False,
     ) -> list[Generation]:
-        """Generate for every prompt (a text, or a chat's messages); the arguments are `Engine.generate`'s, and
-        `sampling.stop` holds stop strings."""
+        """Generate for every prompt (a text, or a chat's messages); the arguments are `Engine.generate`'s,
+        `sampling.stop` holds stop strings and `sampling.forget` a regular expression on block texts (selective
+        strict forgetting: the blocks it matches are forgotten as in restart mode, the others evicted normally)."""
         one = isinstance(prompts, str) or (bool(prompts) and isinstance(prompts[0], dict))  # a text, or one chat
         prompts = [prompts] if one else list(prompts)
         sampling = sampling or Sampling()

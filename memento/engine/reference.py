@@ -4,7 +4,8 @@ While tokens are produced (sampled, or forced in teacher forcing), each row's `L
 `EvictionTracker` says when a block's KV must go; the block's slots are freed *before* the triggering token is fed
 (so `<|summary_end|>` does not see its block) and the cache is compacted. In restart mode the tokens that saw the
 block are then recomputed over what survives (strict: every surviving token fed after it; the release's mode: the
-newest memento only); they are fed again in the same forward as the row's next token.
+newest memento only); they are fed again in the same forward as the row's next token. With a `forget` rule
+(selective strict forgetting) only the blocks it flags are recomputed that way.
 
 This file holds the mechanics shared by teacher forcing and generation; `batch.py` adds sampling, stopping, refill
 and statistics on top (token ids only), `generate.py` the chat template and the text.
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from memento.core.policy import EvictionPolicy, EvictionTracker
+from memento.core.policy import EvictionPolicy, EvictionTracker, Forget
 from memento.core.spans import Kind, Labeller, MementoIds
 from memento.engine.cache import SlotCache
 
@@ -33,20 +34,25 @@ class Row:
     block: list[int] = field(default_factory=list)
     evicted_tokens: int = 0
     evictions: int = 0
+    forgotten: int = 0  # evictions whose survivors were recomputed without the block (restart / `forget`)
     kv_timeline: list[int] = field(default_factory=list)  # tokens held after each fed token
     sliding_timeline: list[int] = field(default_factory=list)  # ... by the sliding-window layers (hybrid models)
     request: int = 0  # which request of a batch call the row serves
     prompt_evictions: list[tuple[int, int]] = field(default_factory=list)  # (trigger, block) inside the prompt
     prefill_steps: int = 1  # forwards that fed the prompt (entries of the timelines before the first generated token)
+    forget: Forget | None = None  # selective strict forgetting: which evicted blocks get restart's recomputation
 
     @classmethod
-    def start(cls, prompt: list[int], special: MementoIds, policy: EvictionPolicy, request: int = 0) -> Row:
+    def start(
+        cls, prompt: list[int], special: MementoIds, policy: EvictionPolicy, request: int = 0, forget=None
+    ) -> Row:
         """A row holding `prompt`, labelled as prompt; with `policy.compact_prompt`, labelled like generated tokens
         (every turn of a multi-turn chat), so the blocks of earlier assistant turns are evicted as the prompt is
-        fed (`prompt_evictions`: each block to evict before feeding the token at `trigger`)."""
+        fed (`prompt_evictions`: each block to evict before feeding the token at `trigger`). `forget`: the
+        request's selective-forgetting rule (`memento.core.policy.forgetter`), None: the policy's restart."""
         n = len(prompt)
         labeller = Labeller(special, strict=False, turns=policy.compact_prompt)
-        row = cls([], n, labeller, EvictionTracker(policy, special), request=request)
+        row = cls([], n, labeller, EvictionTracker(policy, special), request=request, forget=forget)
         if not policy.compact_prompt:
             row.ids, row.kind, row.block = list(prompt), [int(Kind.PROMPT)] * n, [-1] * n
             return row
@@ -72,16 +78,28 @@ class Row:
             dtype=torch.long,
         )
 
+    def recompute_from(self, block: int, trigger: int, first_gone: int) -> int | None:
+        """Where the KV recomputed at the eviction of `block` (triggered at `trigger`) starts, None: nothing is
+        (`EvictionPolicy.recompute_from`; with a `forget` rule, only for the blocks whose content it flags)."""
+        restart = None
+        if self.forget is not None:
+            labels = zip(self.ids, self.kind, self.block, strict=True)
+            restart = self.forget([t for t, k, b in labels if b == block and k == Kind.BLOCK])
+        start = self.tracker.policy.recompute_from(self.kind, trigger, first_gone, restart)
+        self.forgotten += start is not None
+        return start
+
 
 class Decoder:
     """Rows in the slots of one `SlotCache`, fed together: `start` a prompt in a slot, `push` a row's next token
     (evicting first when it closes a memento), `forward` every pending token in one batched call, `finish` a row.
     Generation (`memento.engine.batch`) and teacher forcing run on these same steps."""
 
-    def __init__(self, model, special: MementoIds, policy: EvictionPolicy, slots: int = 1):
+    def __init__(self, model, special: MementoIds, policy: EvictionPolicy, slots: int = 1, forget=None):
         self.model = model
         self.special = special
         self.policy = policy
+        self.forget: Forget | None = forget  # every row's selective-forgetting rule (`Row.forget`)
         self.cache = SlotCache(model, slots)
         self.movable = set(int(k) for k in policy.owned) if policy.evicts else set()  # kinds eviction may take
         self.rows: list[Row | None] = [None] * slots
@@ -94,7 +112,7 @@ class Decoder:
         """Put a new row in `slot`: its prompt is fed at the next `forward`. A prompt holding blocks to compact is
         fed up to each eviction now (a forward of this row alone per eviction, logits kept in `prefilled`), the
         block evicted before the rest is fed; its last part waits for the next `forward`."""
-        row = self.rows[slot] = Row.start(prompt, self.special, self.policy, request)
+        row = self.rows[slot] = Row.start(prompt, self.special, self.policy, request, self.forget)
         fed, redo = 0, []
         for trigger, block in row.prompt_evictions:
             chunk = [*redo, *range(fed, trigger)]
@@ -175,7 +193,7 @@ class Decoder:
 
     def evict(self, slot: int, block: int, trigger: int | None = None) -> list[int]:
         """Free the row's `block`. Restart mode also frees the surviving tokens to recompute (strict: every one fed
-        after the block's first token; release: the newest memento's, `EvictionPolicy.recompute_from`) and returns
+        after the block's first token; release: the newest memento's, `Row.recompute_from`) and returns
         their indices: `push` feeds them again, in order and before the row's new token, so their KV is recomputed
         over what survives (one forward for the whole batch, not one per eviction). `trigger`: the token not to see
         the block (default: the row's newest, not fed yet)."""
@@ -185,7 +203,7 @@ class Decoder:
         row.evicted_tokens += freed
         row.evictions += 1
         fed = len(row.ids) - 1 if trigger is None else trigger  # the trigger is not fed yet
-        start = self.policy.recompute_from(row.kind, fed, int(gone.min())) if freed else None
+        start = row.recompute_from(block, fed, int(gone.min())) if freed else None
         if start is None:
             return []
         redo = sorted(int(i) for i in self.cache.index[slot].tolist() if start <= i < fed)
@@ -196,12 +214,18 @@ class Decoder:
 
 @torch.no_grad()
 def teacher_force(
-    model, special: MementoIds, policy: EvictionPolicy, ids: list[int], completion_start: int, check: bool = False
+    model,
+    special: MementoIds,
+    policy: EvictionPolicy,
+    ids: list[int],
+    completion_start: int,
+    check: bool = False,
+    forget: Forget | None = None,
 ) -> tuple[torch.Tensor, Decoder]:
     """(T, V) logits of a fixed sequence decoded with eviction (row t: what generation computes at token t), and the
     decoder holding its final cache. The prompt (ids[:completion_start]) is prefilled at once, every later token fed
-    one by one; `check`: verify the cache's integrity after every step."""
-    decoder = Decoder(model, special, policy)
+    one by one; `check`: verify the cache's integrity after every step; `forget`: selective strict forgetting."""
+    decoder = Decoder(model, special, policy, forget=forget)
     decoder.keep_prefill = True
     decoder.start(0, ids[:completion_start])
     out = [*decoder.prefilled.pop(0, []), decoder.forward()[0][decoder.prefill_redo.pop(0, 0) :]]

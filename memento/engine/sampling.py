@@ -1,6 +1,10 @@
 """Sampling settings and the next-token choice: greedy, temperature, top-k, top-p, per-request seeds.
 
 Each request draws from its own `torch.Generator`, so a seed gives the same output whatever else is in the batch.
+`forget` travels here too, because it is chosen per request like the rest (not per engine, like the policy): a
+regular expression; a block whose decoded content it matches (`re.search`, when the block is evicted) is forgotten
+strictly (restart's recomputation, in the policy's `restart_mode`), the others are evicted normally. Set, it applies
+whether or not the policy has `restart` (`memento.core.policy`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from memento.core.errors import MementoError
+from memento.core.policy import forget_pattern
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +25,7 @@ class Sampling:
     top_k: int = 0  # 0: no cut
     seed: int | None = None
     stop: tuple[str, ...] = ()  # stop strings (the text up to them is kept)
+    forget: str | None = None  # selective strict forgetting: a regular expression on a block's text
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -30,6 +36,8 @@ class Sampling:
             raise MementoError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise MementoError(f"top_k must be >= 0, got {self.top_k}")
+        if self.forget is not None:
+            forget_pattern(self.forget)
 
     def generator(self, index: int = 0) -> torch.Generator | None:
         """The request's random stream (seed + its index in the call), None when greedy."""

@@ -103,14 +103,20 @@ class Collator:
     """Pads a list of examples on the right into tensors; `policy=None` means plain causal attention.
 
     Returns input_ids, labels, attention_mask, position_ids, kind (token kinds, PAD at padding), schedule (B, T)
-    and pad (B, T) bool; the trainer turns schedule + pad into the mask its attention implementation reads.
+    and pad (B, T) bool, and redo (B, T) when some tokens are recomputed by the rule of a trigger (the release's
+    restart mode, or `forget`); the trainer turns schedule + pad (+ redo) into the mask its attention implementation
+    reads: `model_mask(model, batch["schedule"], batch["pad"], policy.restart, batch.get("redo"))`.
+
+    `forget` (selective strict forgetting): per example, the blocks (0-based, `Spans.block`) forgotten strictly, in
+    the policy's restart_mode and whatever its `restart`; the other blocks are evicted normally. The mask then
+    equals the engines' KV with `Sampling.forget` flagging those blocks.
     """
 
     def __init__(self, pad_token_id: int, policy: EvictionPolicy | None = None):
         self.pad_token_id = pad_token_id
         self.policy = policy
 
-    def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: list[Example], forget: list[set[int]] | None = None) -> dict[str, torch.Tensor]:
         b, n = len(examples), max(len(e) for e in examples)
         ids = torch.full((b, n), self.pad_token_id, dtype=torch.long)
         labels = torch.full((b, n), IGNORE, dtype=torch.long)
@@ -123,7 +129,7 @@ class Collator:
             kind[row, :t] = torch.from_numpy(e.spans.kind.astype(np.int64))
             attention[row, :t] = 1
         spans = [e.spans for e in examples]
-        redo = recompute_triggers(spans, self.policy, n)  # the release's restart mode only
+        redo = recompute_triggers(spans, self.policy, n, forget)  # the release's restart mode, or `forget`
         return {
             "input_ids": ids,
             "labels": labels,

@@ -12,10 +12,13 @@ sees it), so training sees exactly what the engines leave in the cache:
 Restart mode changes what the *cache* holds after an eviction: tokens that saw the evicted block are recomputed
 without it. Strict (ours): every surviving token fed after the block is; as a mask, a query never sees a key that is
 evicted before the query itself is, i.e. `schedule[k] >= schedule[q]`. Release (the paper's release): only the
-newest memento is; as a mask, a query recomputed at trigger t (`redo[q] = t`, `recompute_triggers`) does not see
-the keys evicted at t. With keep_last_n_blocks = 0 both are "memento tokens cannot see their block"; a forward
-under either equals restart decoding at every position except the queries of the memento being written, which
-were sampled while their block was still there.
+newest memento is; as a mask, a query last recomputed at trigger t (`redo[q] = t`, `recompute_triggers`) sees only
+the keys still held after t (`schedule[k] > t`). With keep_last_n_blocks = 0 both are "memento tokens cannot see
+their block"; a forward under either equals restart decoding at every position except the queries of the memento
+being written, which were sampled while their block was still there.
+
+Selective strict forgetting (only some blocks get restart's recomputation, `forget` per sequence) is the same `redo`
+rule: `recompute_triggers(..., forget=...)` gives each query the last trigger that recomputed it.
 
 Padding: padded keys are never seen; padded queries see only themselves (an all-False row would make SDPA return
 NaN). Their labels are -100, so they never reach the loss.
@@ -34,11 +37,14 @@ from memento.core.spans import Kind, Spans
 MASK_KINDS = ("causal", "memento")
 
 
-def reference_mask(ids, spans: Spans, summary_end: int, block_start: int, policy: EvictionPolicy) -> np.ndarray:
+def reference_mask(
+    ids, spans: Spans, summary_end: int, block_start: int, policy: EvictionPolicy, forget: set[int] | None = None
+) -> np.ndarray:
     """(T, T) bool for one sequence: row q = the keys a decoding engine holds when it feeds token q.
 
     The engine keeps a list of finished blocks and drops a block's entries when the token that triggers it is
     sampled (before that token is fed); in restart mode the surviving rows are recomputed without what was dropped.
+    `forget`: the blocks forgotten strictly (selective forgetting; None: the policy's restart).
     """
     n = len(ids)
     alive = np.zeros(n, bool)
@@ -50,7 +56,10 @@ def reference_mask(ids, spans: Spans, summary_end: int, block_start: int, policy
     def evict(block: int, now: int) -> None:
         gone = (spans.block == block) & np.isin(spans.kind, own)
         alive[gone] = False
-        start = policy.recompute_from(spans.kind, now, int(np.flatnonzero(gone).min())) if gone.any() else None
+        if not gone.any():
+            return
+        restart = None if forget is None else block in forget
+        start = policy.recompute_from(spans.kind, now, int(np.flatnonzero(gone).min()), restart)
         if start is not None:
             survivors = np.flatnonzero(alive[:now])
             survivors = survivors[survivors >= start]
@@ -84,17 +93,31 @@ def schedules(spans: list[Spans], policy: EvictionPolicy | None, length: int) ->
     return out
 
 
-def recompute_triggers(spans: list[Spans], policy: EvictionPolicy | None, length: int) -> torch.Tensor | None:
-    """(B, T) int64 for the release's restart mode: the trigger at which each token's KV is recomputed (-1: never),
-    right-padded to `length`; None for any other policy (strict restart needs only the schedule)."""
-    if policy is None or not policy.restart or policy.restart_mode != "release":
+def recompute_triggers(
+    spans: list[Spans], policy: EvictionPolicy | None, length: int, forget: list[set[int]] | None = None
+) -> torch.Tensor | None:
+    """(B, T) int64: the last trigger at which each token's KV is recomputed (-1: never), right-padded to `length`,
+    for the release's restart mode or for selective strict forgetting; None for any other policy (strict restart of
+    every block needs only the schedule).
+
+    `forget[b]`: the blocks of sequence b (0-based, as in `Spans.block`) forgotten strictly, in the policy's
+    `restart_mode`, whether or not the policy has `restart`; the other blocks are evicted normally."""
+    if forget is None and (policy is None or not policy.restart or policy.restart_mode != "release"):
         return None
+    if policy is None or not policy.evicts:
+        raise MementoError("forget needs a policy that evicts blocks")
+    if forget is not None and len(forget) != len(spans):
+        raise MementoError(f"forget: {len(forget)} sets of blocks for {len(spans)} sequences")
     out = torch.full((len(spans), length), -1, dtype=torch.int64)
     for row, s in enumerate(spans):
         schedule = eviction_schedule(s, policy)
         for trigger in np.unique(schedule[schedule != NEVER]).tolist():
-            first = int(np.flatnonzero(schedule == trigger).min())
-            out[row, policy.recompute_from(s.kind, trigger, first) : trigger] = trigger
+            gone = np.flatnonzero(schedule == trigger)
+            restart = None if forget is None else int(s.block[gone[0]]) in forget[row]
+            start = policy.recompute_from(s.kind, trigger, int(gone.min()), restart)
+            if start is not None:
+                redo = np.arange(start, trigger)
+                out[row, redo[schedule[redo] > trigger]] = trigger  # the survivors; later triggers overwrite
     return out
 
 
@@ -102,15 +125,16 @@ def dense_mask(
     schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False, redo: torch.Tensor | None = None
 ) -> torch.Tensor:
     """(B, 1, T, T) bool, True = attend. `schedule`: (B, T) int64; `pad`: (B, T) bool, True at padding; `redo`:
-    the release's restart mode (`recompute_triggers`), else strict restart when `restart`."""
+    (B, T) the last trigger recomputing each query (`recompute_triggers`: the release's restart mode, or selective
+    forgetting), read whenever given; else strict restart of every block when `restart`."""
     n = schedule.shape[1]
     pos = torch.arange(n, device=schedule.device)
     q = pos[None, :, None]  # (1, T, 1)
     k = pos[None, None, :]  # (1, 1, T)
     sk = schedule[:, None, :]  # (B, 1, T): per key
     mask = (k <= q) & (q < sk) & ~pad[:, None, :] & ~pad[:, :, None]
-    if restart and redo is not None:
-        mask &= sk != redo[:, :, None]
+    if redo is not None:
+        mask &= sk > redo[:, :, None]
     elif restart:
         mask &= sk >= schedule[:, :, None]
     mask |= (q == k) & pad[:, :, None]
@@ -151,9 +175,9 @@ def mask_mod(
     schedule: torch.Tensor, pad: torch.Tensor, restart: bool = False, redo: torch.Tensor | None = None, window=None
 ):
     """The FlexAttention `mask_mod(b, h, q, k)` of the Memento rule (usable with `create_mask` on any device);
-    `window`: cut to a sliding layer's window of held tokens (not with restart: there the tokens a recomputed query
-    sees do not follow from its epoch)."""
-    if window is not None and restart:
+    `window`: cut to a sliding layer's window of held tokens (not with restart or `redo`: there the tokens a
+    recomputed query sees do not follow from its epoch)."""
+    if window is not None and (restart or redo is not None):
         raise MementoError("the FlexAttention mask of sliding-window layers does not cover restart mode; use sdpa")
     if window is not None:
         held, epoch = held_tables(schedule, pad)
@@ -161,8 +185,8 @@ def mask_mod(
     def rule(b, h, q, k):
         sk = schedule[b, k]
         seen = (k <= q) & (q < sk) & ~pad[b, k] & ~pad[b, q]
-        if restart and redo is not None:
-            seen = seen & (sk != redo[b, q])
+        if redo is not None:
+            seen = seen & (sk > redo[b, q])
         elif restart:
             seen = seen & (sk >= schedule[b, q])
         if window is not None:
@@ -177,7 +201,8 @@ def model_mask(model, schedule: torch.Tensor, pad: torch.Tensor, restart: bool =
     """The Memento mask in the form `model`'s attention implementation reads correctly, or a clear error.
 
     flex_attention gets a BlockMask and is refused on CPU, where its backward does not run; sdpa and eager get the
-    dense mask through `for_model`. A model with sliding-window layers (OLMo-3) gets one mask per layer type, as
+    dense mask through `for_model`. `redo` (`recompute_triggers`, e.g. the batch's "redo" with selective forgetting)
+    takes precedence over `restart`. A model with sliding-window layers (OLMo-3) gets one mask per layer type, as
     transformers takes them: the sliding layers' is the Memento mask cut to the window of held tokens (`within_window`).
     """
     window = sliding_window(model)

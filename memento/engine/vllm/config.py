@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from memento.core.errors import MementoError
-from memento.core.policy import EvictionPolicy
+from memento.core.policy import EvictionPolicy, forget_pattern
 from memento.core.spans import MementoIds
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,7 @@ class Settings:
 
 
 POLICY = "memento_policy"  # SamplingParams.extra_args key: this request's policy instead of the engine's
+FORGET = "memento_forget"  # SamplingParams.extra_args key: selective strict forgetting (a regular expression)
 
 
 def request_policy(default: EvictionPolicy, params) -> EvictionPolicy:
@@ -40,6 +41,15 @@ def request_policy(default: EvictionPolicy, params) -> EvictionPolicy:
         return EvictionPolicy(**extra)
     except TypeError as e:
         raise MementoError(f"extra_args.{POLICY}: {e}") from e
+
+
+def request_forget(params) -> str | None:
+    """The request's `extra_args["memento_forget"]`: a regular expression on a block's text (the blocks it matches
+    are forgotten as in restart mode, the others evicted normally; `Sampling.forget`), checked; None if absent."""
+    regex = (getattr(params, "extra_args", None) or {}).get(FORGET)
+    if regex is not None:
+        forget_pattern(regex, f"extra_args.{FORGET}")
+    return regex
 
 
 def check_supported(vllm_config) -> None:

@@ -15,7 +15,7 @@ from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 from memento.core.errors import MementoError
 from memento.core.format import State
 from memento.core.spans import Kind, Labeller
-from memento.engine.vllm.config import request_policy, settings
+from memento.engine.vllm.config import request_forget, request_policy, settings
 
 FORCE = "memento_force"
 
@@ -87,6 +87,7 @@ class MementoLogits(AdapterLogitsProcessor):
 
         try:
             request_policy(EvictionPolicy(), params)
+            request_forget(params)
         except MementoError as e:
             raise ValueError(str(e)) from e
         force = (params.extra_args or {}).get(FORCE)

@@ -7,7 +7,8 @@ an `Eviction` is recorded, and applied at the start of the next `schedule()`:
 - the survivors fed after the block move down over it (the moves travel to the worker with the step's
   `SchedulerOutput`, as `memento_moves`), and the pages past the last survivor return to vLLM's free pool;
 - in restart mode the survivors fed after the block are dropped too and `num_computed_tokens` rolls back to the first
-  of them, so vLLM feeds them again, with the new token, over the KV that survives;
+  of them, so vLLM feeds them again, with the new token, over the KV that survives (with
+  `extra_args["memento_forget"]`, only at the evictions of the blocks whose text it matches);
 - allocations are sized by the physical count, and a resumed request is not required to fit its logical length;
   it is readmitted once the pool can hold the tokens it held when preempted (what its replay rebuilds).
 
@@ -24,8 +25,9 @@ import numpy as np
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from memento.core.errors import MementoError
+from memento.core.policy import forgetter
 from memento.engine.reference import Row
-from memento.engine.vllm.config import LIVE, check_supported, request_policy, settings
+from memento.engine.vllm.config import LIVE, check_supported, request_forget, request_policy, settings
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class Track:
             "blocks": self.row.labeller.index + 1,
             "evictions": len(self.events),
             "evicted_tokens": int(sum(len(e.gone) for e in self.events)),
+            "forgotten": self.row.forgotten,
             "peak_kv_tokens": self.peak,
             "final_kv_tokens": self.held,
             "preemptions": request.num_preemptions,
@@ -96,6 +99,7 @@ class MementoScheduler(Scheduler):
                 "by position, losing tokens a compaction moved (models whose every layer slides are not handled yet)"
             )
         self.page = groups[0].kv_cache_spec.block_size
+        self.tokenizer = None  # loaded for the first request with `memento_forget` (it matches a block's text)
         self.tracks: dict[str, Track] = {}
         self.moves: dict[str, list[tuple[list[int], list[int], int]]] = {}  # per step: src, dst slots, pages kept
         allocate = self.kv_cache_manager.allocate_slots
@@ -128,11 +132,24 @@ class MementoScheduler(Scheduler):
         if track is None:
             prompt = list(request.prompt_token_ids or [])
             policy = request_policy(self.memento.policy, request.sampling_params)
-            track = Track(Row.start(prompt, self.memento.special, policy))
+            track = Track(Row.start(prompt, self.memento.special, policy, forget=self._forget(request)))
             for trigger, block in track.row.prompt_evictions:  # compact_prompt: blocks of earlier turns
                 self._record(track, trigger, block)
             self.tracks[request.request_id] = track
         return track
+
+    def _forget(self, request):
+        """The request's selective-forgetting rule (`extra_args["memento_forget"]`), None without one."""
+        regex = request_forget(request.sampling_params)
+        if regex is None:
+            return None
+        if self.tokenizer is None:
+            from transformers import AutoTokenizer
+
+            model = self.vllm_config.model_config
+            self.tokenizer = AutoTokenizer.from_pretrained(model.tokenizer, revision=model.tokenizer_revision)
+        tokenizer = self.tokenizer
+        return forgetter(regex, lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
 
     @staticmethod
     def _record(track: Track, trigger: int, block: int) -> None:
@@ -141,7 +158,7 @@ class MementoScheduler(Scheduler):
         gone = row.block_tokens(block).numpy()
         if not len(gone):
             return
-        start = row.tracker.policy.recompute_from(row.kind, trigger, int(gone.min()))
+        start = row.recompute_from(block, trigger, int(gone.min()))
         redo = None if start is None or start >= trigger else max(start, int(gone.max()) + 1)
         track.events.append(Eviction(trigger=trigger, gone=gone, redo_from=redo))
 
