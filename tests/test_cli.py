@@ -92,7 +92,7 @@ def test_audit_cli(tmp_path):
     for args, message in (
         (["--block", "0"], "error: --block 0: blocks count from 1"),
         (["--block", "10"], "error: --block 10: orbit's passcode goes into a round before the last one, blocks 2-9"),
-        (["--task", "sums"], "error: --task sums: choose digits or orbit, or give --traces FILE"),
+        (["--task", "sums"], "error: --task sums: choose digits, orbit or orbit-states, or give --traces FILE"),
         (["--traces", "nope.jsonl"], "error: --traces nope.jsonl: no such file"),
     ):
         bad = run("audit", "--model", str(model), "--task", "orbit", *args, check=False)

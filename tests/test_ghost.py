@@ -3,9 +3,11 @@ paper's probe (K and V of every memento token concatenated, a deep MLP, several 
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from memento.core.chat import label_trace, memento_ids
@@ -73,3 +75,25 @@ def test_the_papers_probe_reads_each_digit_it_can_and_no_other():
     assert n % 2 == 0 and 0.5 * (0.9 + 0.1) - 0.06 < correct[0] / n < 0.5 * (1.0 + 0.1) + 0.03
     small, n_small = fit_probes(x, labels[:, 1], ProbeConfig(epochs=100))
     assert abs(small[0] / n_small - 0.1) < 0.05
+
+
+def test_audit_sources_label_what_the_block_holds(tmp_path):
+    from memento.core.errors import MementoError
+    from memento.probe.audit import marked_traces
+
+    traces, labels, groups, pool, toy = marked_traces("orbit-states", 4, 1, seed=0)
+    assert labels.shape == (4, 5) and pool == "mean" and toy and groups is None
+    steps = traces[0].blocks[1].text.split(" ")[1:]
+    assert [int(s[-1]) for s in steps[:-1]] == labels[0].tolist() and traces[0].blocks[1].memento[-1] == steps[-1][-1]
+    traces, labels, groups, pool, _ = marked_traces("digits", 30, 2, seed=0)
+    assert pool == "concat" and groups[0] == traces[0].blocks[2].text == "".join(map(str, labels[0]))
+    rows = tmp_path / "rows.jsonl"
+    plain = digits_traces(25, seed=1, blocks=4)
+    rows.write_text("".join(json.dumps({"problem": t.problem, "response": t.response}) + "\n" for t in plain))
+    traces, labels, groups, pool, toy = marked_traces(str(rows), 100, 1, seed=0)
+    assert len(traces) == 25 and labels.shape == (25, 5) and not toy and pool == "mean"
+    code = "".join(map(str, labels[3]))
+    assert traces[3].blocks[1].text == f"The passcode is {code}. " + plain[3].blocks[1].text
+    assert [b.text for b in traces[3].blocks[2:]] == [b.text for b in plain[3].blocks[2:]]
+    with pytest.raises(MementoError, match="traces have at least 5 blocks; the probe needs 20"):
+        marked_traces(str(rows), 100, 3, seed=0)

@@ -156,7 +156,10 @@ def audit(
     model: Annotated[Path, typer.Option(help="A Hugging Face model folder with the Memento tokens.")],
     task: Annotated[
         str,
-        typer.Option(help="Toy traces (unless --traces): digits (the paper's toy: the block's own digits) or orbit."),
+        typer.Option(
+            help="Toy traces (unless --traces): digits (the paper's toy: the block's own digits), orbit (a "
+            "passcode note) or orbit-states (the round's intermediate states)."
+        ),
     ] = "digits",
     traces: Annotated[
         Path | None,
@@ -168,6 +171,13 @@ def audit(
     mask_delimiters: Annotated[
         bool | None,
         typer.Option("--mask-delimiters/--keep-delimiters", help="Default: masked for toy tasks, kept for --traces."),
+    ] = None,
+    forget: Annotated[
+        str | None,
+        typer.Option(
+            help="Also measure selective strict forgetting of the blocks whose text matches this regex "
+            "(e.g. 'passcode'), as `memento generate --forget` serves them."
+        ),
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Where audit.md, audit.json and the plots go.")] = Path(
         "audit-out"
@@ -184,12 +194,12 @@ def audit(
     from memento.probe.audit import write
 
     source = str(traces) if traces is not None else task
-    if traces is None and task not in ("digits", "orbit"):
+    if traces is None and task not in ("digits", "orbit", "orbit-states"):
         from memento.core.errors import MementoError
 
-        raise MementoError(f"--task {task}: choose digits or orbit, or give --traces FILE")
+        raise MementoError(f"--task {task}: choose digits, orbit or orbit-states, or give --traces FILE")
     with err.status(f"probing {model} ({source}, {n} traces)"):
-        result = run_audit(model, source, n, block - 1, seed, mask_delimiters)
+        result = run_audit(model, source, n, block - 1, seed, mask_delimiters, forget=forget)
         report = write(result, out_dir)
     if as_json:
         out.print_json(json.dumps(result.to_json()))

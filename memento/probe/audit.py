@@ -12,7 +12,10 @@ Traces, by source:
   one side of the split. Memento lengths vary, so a memento's features are its tokens' mean K and V.
 - the toy `digits` (`listed=0`): the block's own 5 random digits are the passcode, the paper's toy set-up (features:
   every memento token's K and V concatenated, the paper's; label-unique split).
-- the toy `orbit`: a one-digit note in the block, which the task never uses (the demo's probe).
+- the toy `orbit`: a one-digit note in the block, which the task never uses (the demo's probe);
+- the toy `orbit-states`: the round's own work, its states after each step but the last (the memento keeps only the
+  last). Unlike a passcode they follow from the previous memento (its state, multiplier and offset), so the causal
+  control can read them too: leakage is what the masked mementos hold beyond the control.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 
 from memento.core.errors import MementoError
 from memento.core.format import Trace
-from memento.core.policy import EvictionPolicy
+from memento.core.policy import EvictionPolicy, forget_pattern
 from memento.probe.leakage import PAPER_PROBE, Leakage, ProbeConfig, inject, leakage
 
 TEMPLATE = "The passcode is {code}. "
@@ -40,6 +43,7 @@ class Audit(NamedTuple):
     results: dict[str, Leakage]  # evict | restart
     n: int
     block: int  # 0-based
+    forget: str | None = None  # the regex of mode "forget" (selective strict forgetting)
 
     def to_json(self) -> dict:
         return {
@@ -48,6 +52,7 @@ class Audit(NamedTuple):
             "n_traces": self.n,
             "block": self.block + 1,
             "chance": 0.1,
+            "forget": self.forget,
             **{mode: {"n_test": leak.n_test, "rows": leak.table()} for mode, leak in self.results.items()},
         }
 
@@ -63,7 +68,7 @@ def marked_traces(source: str, n: int, block: int, seed: int):
             raise MementoError(f"--block {block + 1}: the digits toy has blocks 1-{len(traces[0].blocks) - 1} to probe")
         labels = np.array([[int(c) for c in t.blocks[block].text] for t in traces])
         return traces, labels, ["".join(map(str, r)) for r in labels], "concat", True
-    if source == "orbit":
+    if source in ("orbit", "orbit-states"):
         from memento.synthetic.orbit import with_note
         from memento.synthetic.tasks import held_out
 
@@ -73,6 +78,9 @@ def marked_traces(source: str, n: int, block: int, seed: int):
                 f"--block {block + 1}: orbit's passcode goes into a round before the last one, "
                 f"blocks 2-{len(plain[0].blocks) - 1}"
             )
+        if source == "orbit-states":  # the round's states after each step but the last (which the memento keeps)
+            labels = np.array([[int(step[-1]) for step in t.blocks[block].text.split(" ")[1:-1]] for t in plain])
+            return plain, labels, None, "mean", True
         labels = rng.integers(0, 10, (len(plain), 1))
         traces = [with_note(t, block, int(d)) for t, d in zip(plain, labels[:, 0], strict=True)]
         return traces, labels, None, "mean", True
@@ -101,10 +109,12 @@ def audit(
     seed: int = 0,
     mask_delimiters: bool | None = None,
     config: ProbeConfig = PAPER_PROBE,
+    forget: str | None = None,
 ) -> Audit:
     """The probe on a model folder for `source` (digits | orbit | a traces file), with normal eviction (keep 0) and
-    with restart. `mask_delimiters` defaults to the toy's policy (True) for toy tasks and to the paper's Qwen3
-    setting (False) for trace files."""
+    with restart, and with selective strict forgetting of the blocks whose text matches the regex `forget` (mode
+    "forget"). `mask_delimiters` defaults to the toy's policy (True) for toy tasks and to the paper's Qwen3 setting
+    (False) for trace files."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from memento.core.chat import memento_ids
@@ -117,9 +127,14 @@ def audit(
     tokenizer = AutoTokenizer.from_pretrained(folder)
     memento_ids(tokenizer)  # a clear error with the fix when the Memento tokens are missing
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    pattern = None if forget is None else forget_pattern(forget, "--forget")
     traces, labels, groups, pool, toy = marked_traces(source, n, block, seed)
     delimiters = toy if mask_delimiters is None else mask_delimiters
     config = replace(config, seed=seed)
+    modes = {"evict": (False, None), "restart": (True, None)}
+    if pattern is not None:
+        flagged = [{i for i, b in enumerate(t.blocks) if pattern.search(b.text)} for t in traces]
+        modes["forget"] = (False, flagged)
     results = {
         mode: leakage(
             model,
@@ -131,10 +146,11 @@ def audit(
             config,
             groups,
             pool,
+            forget=flagged,
         )
-        for mode, restart in (("evict", False), ("restart", True))
+        for mode, (restart, flagged) in modes.items()
     }
-    return Audit(source, str(folder), results, len(traces), block)
+    return Audit(source, str(folder), results, len(traces), block, forget)
 
 
 def plot(result: Audit, path_layers: Path, path_distance: Path) -> tuple[Path, Path]:
@@ -150,6 +166,8 @@ def plot(result: Audit, path_layers: Path, path_distance: Path) -> tuple[Path, P
     if b > 0:
         lines.append((evict, b - 1, "o-", f"causal control (memento {b})"))
     lines.append((restart, b + 1, "s--", "masked +1, restart"))
+    if "forget" in result.results:
+        lines.append((result.results["forget"], b + 1, "^:", f"masked +1, forget /{result.forget}/"))
     for leak, m, style, label in lines:
         ax.plot(layers + 1, 100 * leak.accuracy[:, m], style, label=label)
     ax.axhline(100 * evict.chance, color="grey", lw=1, ls=":", label="chance")
@@ -174,8 +192,11 @@ def write(result: Audit, out: Path) -> Path:
     data = result.to_json()
     (out / "audit.json").write_text(json.dumps(data, indent=1))
     plot(result, out / "audit_layers.png", out / "audit_distance.png")
-    evict, restart = result.results["evict"], result.results["restart"]
+    evict = result.results["evict"]
     b, last = result.block, evict.accuracy.shape[0] - 1
+    names = {"evict": "eviction", "restart": "restart (strict forgetting)", "forget": f"forget /{result.forget}/"}
+    modes = list(result.results.values())
+    titles = [names[mode] for mode in result.results]
 
     def cell(leak: Leakage, layer: int, m: int) -> str:
         lo, hi = leak.ci(layer, m)
@@ -189,15 +210,15 @@ def write(result: Audit, out: Path) -> Path:
         "",
         "## Last layer, by memento",
         "",
-        "| memento | role | eviction | restart (strict forgetting) |",
-        "|---|---|---|---|",
+        "| memento | role | " + " | ".join(titles) + " |",
+        "|---|---|" + "---|" * len(titles),
     ]
     for m in range(evict.accuracy.shape[1]):
-        lines.append(f"| {m + 1} | {evict.role(m)} | {cell(evict, last, m)} | {cell(restart, last, m)} |")
-    lines += ["", "## Masked +1 by layer", "", "| layer | eviction | restart |", "|---|---|---|"]
+        lines.append(f"| {m + 1} | {evict.role(m)} | " + " | ".join(cell(leak, last, m) for leak in modes) + " |")
+    lines += ["", "## Masked +1 by layer", "", "| layer | " + " | ".join(titles) + " |", "|---|" + "---|" * len(titles)]
     if b + 1 < evict.accuracy.shape[1]:
         for layer in range(evict.accuracy.shape[0]):
-            lines.append(f"| {layer + 1} | {cell(evict, layer, b + 1)} | {cell(restart, layer, b + 1)} |")
+            lines.append(f"| {layer + 1} | " + " | ".join(cell(leak, layer, b + 1) for leak in modes) + " |")
     lines += ["", "![by layer](audit_layers.png)", "![by distance](audit_distance.png)", ""]
     path = out / "audit.md"
     path.write_text("\n".join(lines))

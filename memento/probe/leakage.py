@@ -50,13 +50,15 @@ def memento_features(
     pool: str = "mean",
     mementos: list[int] | None = None,
     layers: list[int] | None = None,
+    forget: list[set[int]] | None = None,
 ):
     """(N, layers, mementos, F) float32: per trace, layer and memento (0-based; all, or those given), the K and V of
     the memento's tokens as the engine holds them under `policy`. Every trace needs the same number of blocks.
 
     `pool="mean"`: the mean K and V over the memento's tokens, F = 2 x kv_heads x head_dim (any memento length);
     `pool="concat"`: the paper's features, K and V of every memento token concatenated, F = tokens x 2 x kv_heads x
-    head_dim (every memento j must have the same number of tokens in every trace)."""
+    head_dim (every memento j must have the same number of tokens in every trace). `forget`: per trace, the blocks
+    (0-based) forgotten strictly (selective strict forgetting; the engines' `forget`)."""
     if pool not in ("mean", "concat"):
         raise MementoError(f"pool must be mean or concat, got {pool!r}")
     examples, _ = build_examples(traces, tokenizer, max_length=10**9)
@@ -71,7 +73,7 @@ def memento_features(
     out = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        batch = collate(chunk)
+        batch = collate(chunk) if forget is None else collate(chunk, forget=forget[start : start + batch_size])
         redo = batch["redo"].to(device) if "redo" in batch else None
         mask = model_mask(model, batch["schedule"].to(device), batch["pad"].to(device), policy.restart, redo)
         result = model(
@@ -234,13 +236,15 @@ def leakage(
     groups=None,
     pool: str = "mean",
     mementos: list[int] | None = None,
+    forget: list[set[int]] | None = None,
 ) -> Leakage:
     """Probe every layer and memento (all, or `mementos`: 0-based, counted from memento 1) of `traces`, whose block
     `block` holds what `labels` say ((N,) or (N, digits) ints). `groups` (default: the problem) stay on one side of
-    the probe's train/test split: a probe cannot score by recognising a problem it was trained on with its label."""
+    the probe's train/test split: a probe cannot score by recognising a problem it was trained on with its label.
+    `forget`: per trace, the blocks forgotten strictly (selective strict forgetting)."""
     longest = max(len(t.problem) + len(t.response) for t in traces)  # characters: a bound on tokens
     batch = 64 if longest <= 1024 else max(1, 64 * 1024**2 // longest**2)  # the dense mask is (B, 1, T, T)
-    features = memento_features(model, tokenizer, traces, policy, batch, pool, mementos)
+    features = memento_features(model, tokenizer, traces, policy, batch, pool, mementos, forget=forget)
     groups = [t.problem for t in traces] if groups is None else groups
     correct, n_test = fit_probes(features, np.asarray(labels), config, groups=groups)
     return Leakage(block, correct / n_test, correct, n_test, 1 / 10)
