@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from memento.toy import ghost
 
-SHIPPED = Path(__file__).resolve().parents[1] / "memento" / "toy" / "checkpoints"
+SHIPPED = ghost.SHIPPED
 
 
 def main() -> None:
@@ -27,8 +28,9 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a `memento train` run folder of recipes/toy-digits.yaml")
     parser.add_argument("--final", type=int, help="the step of the checkpoint probed in full")
     parser.add_argument("--along", default="", help="steps of the checkpoints for leakage along training, a,b,c")
-    parser.add_argument("--n", type=int, default=10_000, help="probe traces (the paper: 50K)")
-    parser.add_argument("--n-along", type=int, default=4_000, help="probe traces per checkpoint along training")
+    parser.add_argument("--n", type=int, default=8_000, help="probe traces (the paper: 50K)")
+    parser.add_argument("--n-along", type=int, default=3_000, help="probe traces per checkpoint along training")
+    parser.add_argument("--epochs", type=int, default=20, help="probe training epochs")
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -42,7 +44,8 @@ def main() -> None:
     else:
         final = SHIPPED / "digits"
         along = sorted(SHIPPED.glob("digits-step*"))
-    results = ghost.run(final, along, n=args.n, n_along=args.n_along)
+    config = replace(ghost.PAPER_PROBE, epochs=args.epochs)
+    results = ghost.run(final, along, n=args.n, n_along=args.n_along, config=config)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ghost-trace.json").write_text(json.dumps(results, indent=1))
     print(ghost.plot(results, args.out / "ghost-trace.png"))

@@ -237,14 +237,16 @@ def leakage(
     pool: str = "mean",
     mementos: list[int] | None = None,
     forget: list[set[int]] | None = None,
+    layers: list[int] | None = None,
 ) -> Leakage:
     """Probe every layer and memento (all, or `mementos`: 0-based, counted from memento 1) of `traces`, whose block
     `block` holds what `labels` say ((N,) or (N, digits) ints). `groups` (default: the problem) stay on one side of
     the probe's train/test split: a probe cannot score by recognising a problem it was trained on with its label.
-    `forget`: per trace, the blocks forgotten strictly (selective strict forgetting)."""
+    `forget`: per trace, the blocks forgotten strictly (selective strict forgetting); `layers`: 0-based, all if None
+    (the result's rows are then these layers, in order)."""
     longest = max(len(t.problem) + len(t.response) for t in traces)  # characters: a bound on tokens
     batch = 64 if longest <= 1024 else max(1, 64 * 1024**2 // longest**2)  # the dense mask is (B, 1, T, T)
-    features = memento_features(model, tokenizer, traces, policy, batch, pool, mementos, forget=forget)
+    features = memento_features(model, tokenizer, traces, policy, batch, pool, mementos, layers, forget)
     groups = [t.problem for t in traces] if groups is None else groups
     correct, n_test = fit_probes(features, np.asarray(labels), config, groups=groups)
     return Leakage(block, correct / n_test, correct, n_test, 1 / 10)

@@ -196,23 +196,27 @@ def training_log(folder: Path) -> Path:
 
 def copy_to_package(folders: dict[str, Path]) -> dict[str, Path]:
     """Make trained model folders the shipped checkpoints: bf16 weights, tokenizer, recipe and training log."""
-    from transformers import AutoModelForCausalLM
-
     shipped = {}
     for name, folder in folders.items():
-        target = SHIPPED / name
-        shutil.rmtree(target, ignore_errors=True)
-        AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(target)
-        for extra in (
-            *folder.glob("tokenizer*"),
-            *folder.glob("special_tokens*"),
-            *folder.glob("chat_template*"),
-            folder / "recipe.yaml",
-        ):
-            shutil.copy(extra, target / extra.name)
         lines = training_log(folder).read_text().splitlines()
         if name == "stage1":  # the curriculum's first stage: its log is the curriculum's, cut to stage 1
             lines = [line for line in lines if json.loads(line).get("stage") == "stage1"]
-        (target / "log.jsonl").write_text("".join(line + "\n" for line in lines))
-        shipped[name] = target
+        shipped[name] = ship(folder, SHIPPED / name, lines)
     return shipped
+
+
+def ship(folder: Path, target: Path, log_lines: list[str]) -> Path:
+    """`folder`'s model as a shipped checkpoint in `target`: bf16 weights, tokenizer, recipe and training log."""
+    from transformers import AutoModelForCausalLM
+
+    shutil.rmtree(target, ignore_errors=True)
+    AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(target)
+    for extra in (
+        *folder.glob("tokenizer*"),
+        *folder.glob("special_tokens*"),
+        *folder.glob("chat_template*"),
+        folder / "recipe.yaml",
+    ):
+        shutil.copy(extra, target / extra.name)
+    (target / "log.jsonl").write_text("".join(line + "\n" for line in log_lines))
+    return target

@@ -40,6 +40,11 @@ BLOCK = 1  # block 2, 0-based: where the paper put its passcode
 MEMENTOS = list(range(9))  # causal control (memento 1), direct (2), masked +1 ... +7 (3 ... 9)
 PROBE_SEED, SCORE_SEED = 40_000, 50_000  # training used seed 0: fresh random digits either way
 RECIPE = "recipes/toy-digits.yaml"
+SHIPPED = Path(__file__).parent / "checkpoints"  # digits (the final model) and digits-step* (along training)
+
+# Per-digit accuracy of the best guess of 5 random digits from their sum alone: what the memento text (the running
+# sums) allows any probe, with or without a ghost trace. Enumerated over the 10^5 blocks (`text_ceiling`).
+TEXT_CEILING = 0.1603
 
 PAPER = {  # Figure 13 of the paper, its toy (../shared/notes/paper-facts.md)
     "masked +1, last layer": (24.9, 26.2),
@@ -48,6 +53,17 @@ PAPER = {  # Figure 13 of the paper, its toy (../shared/notes/paper-facts.md)
     "masked +7": "1.3x chance (13%)",
     "masked along training": "flat 17-19% while task accuracy rises 77% -> 95%",
 }
+
+
+def text_ceiling(digits: int = 5) -> float:
+    """The best per-digit accuracy from the digits' sum alone (each digit guessed as the likeliest given the sum)."""
+    import itertools
+    from collections import Counter, defaultdict
+
+    first = defaultdict(Counter)
+    for block in itertools.product(range(10), repeat=digits):
+        first[sum(block)][block[0]] += 1
+    return sum(max(c.values()) for c in first.values()) / 10**digits
 
 
 def traces(n: int, seed: int) -> list:
@@ -105,23 +121,31 @@ def checkpoint_step(folder: Path) -> int:
     return int(found.group(1)) if found else -1
 
 
-def run(final: Path, along: list[Path], n: int = 20_000, n_along: int = 8_000, n_score: int = 512) -> dict:
+def run(
+    final: Path,
+    along: list[Path],
+    n: int = 8_000,
+    n_along: int = 3_000,
+    n_score: int = 256,
+    config: ProbeConfig = PAPER_PROBE,
+) -> dict:
     """Figure 13 on the model in `final`, and the leakage along training on the checkpoints `along`."""
     started = time.perf_counter()
     probe_set, score_set = traces(n, PROBE_SEED), traces(n_score, SCORE_SEED)
     model, tokenizer = load(final)
-    results: dict = {"model": str(final), "n_probe": n, "probe": {}, "paper": PAPER}
+    results: dict = {"model": str(final), "n_probe": n, "n_along": n_along, "probe": {}, "paper": PAPER}
+    results["probe_config"] = {"hidden": list(config.hidden), "epochs": config.epochs, "lr": config.lr}
     results["accuracy"] = task_accuracy(model, tokenizer, score_set)
     log.info("final model: %s", results["accuracy"])
     for mode, policy in (("evict", EVICT), ("restart", RESTART)):
-        leakage = leak(model, tokenizer, probe_set, policy)
+        leakage = leak(model, tokenizer, probe_set, policy, config)
         results["probe"][mode] = {"n_test": leakage.n_test, "rows": leakage.table()}
         log.info("%s: last layer %s", mode, np.round(100 * leakage.accuracy[-1], 1))
     results["along"] = []
     for folder in sorted(along, key=checkpoint_step):
         model, tokenizer = load(folder)
         accuracy = task_accuracy(model, tokenizer, score_set)
-        leakage = leak(model, tokenizer, probe_set[:n_along], EVICT, mementos=[0, 1, 2])
+        leakage = leak(model, tokenizer, probe_set[:n_along], EVICT, config, mementos=[0, 1, 2])
         results["along"].append(
             {"step": checkpoint_step(folder), "accuracy": accuracy, "n_test": leakage.n_test, "rows": leakage.table()}
         )
@@ -176,7 +200,7 @@ def plot(results: dict, path: Path) -> Path:
         along.annotate(str(p["step"]), (xi, 100 * _rows(p["rows"], "masked +1")[-1]["accuracy"]), fontsize=7)
     along.fill_between([77, 95], 17, 19, color="grey", alpha=0.3, label="paper's toy (masked)")
     along.set(xlabel="task accuracy with eviction (%)", title=f"along training (layer {last}; labels: step)")
-    for ax in (by_layer, by_distance, along):
+    for ax, where in ((by_layer, "center left"), (by_distance, "upper right"), (along, "center right")):
         ax.axhline(10, color="black", linewidth=0.8, linestyle=":", label="chance")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc=where)
     return save(fig, path, dpi=110)
