@@ -26,7 +26,7 @@ def test_digits_written_by_the_model_exist_only_in_their_block():
     for t in traces:
         sums = np.cumsum([sum(map(int, b.text)) for b in t.blocks])
         assert [b.memento for b in t.blocks] == [f"{s:03d}" for s in sums]
-    labels = ghost.block_digits(traces[:2])
+    labels = ghost.block_digits(traces[:2], ghost.BLOCK)
     assert labels.shape == (2, 5) and "".join(map(str, labels[0])) == traces[0].blocks[1].text
 
 
@@ -109,8 +109,8 @@ def test_forgetting_the_passcodes_block_erases_its_trace_and_only_its():
 
     model, tokenizer = load(ghost.SHIPPED / "digits")
     batch = ghost.traces(4000, seed=7)
-    labels = ghost.block_digits(batch)
-    groups = ["".join(map(str, row)) for row in labels]
+    labels = ghost.block_digits(batch, ghost.BLOCK)
+    groups = ghost.label_groups(labels)
     config = replace(PAPER_PROBE, epochs=20)
 
     def last_layer(forget):  # accuracy at (memento 2: direct, memento 3: masked +1)

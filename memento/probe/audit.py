@@ -57,6 +57,16 @@ class Audit(NamedTuple):
         }
 
 
+def block_digits(traces: list[Trace], block: int) -> np.ndarray:
+    """(N, digits) the digits of block `block` (0-based) of each trace: the labels when a block's text is digits."""
+    return np.array([[int(c) for c in t.blocks[block].text] for t in traces])
+
+
+def label_groups(labels: np.ndarray) -> list[str]:
+    """Each row's label as a string: as `groups` of the probe's split, no label is on both sides (label-unique)."""
+    return ["".join(map(str, row)) for row in labels]
+
+
 def marked_traces(source: str, n: int, block: int, seed: int):
     """(traces, labels (N, digits), groups, pool, toy) for a toy name or a traces file."""
     rng = np.random.default_rng(seed)
@@ -66,8 +76,8 @@ def marked_traces(source: str, n: int, block: int, seed: int):
         traces = digits_traces(n, seed=seed + 40_000, listed=0)
         if not 0 <= block < len(traces[0].blocks) - 1:
             raise MementoError(f"--block {block + 1}: the digits toy has blocks 1-{len(traces[0].blocks) - 1} to probe")
-        labels = np.array([[int(c) for c in t.blocks[block].text] for t in traces])
-        return traces, labels, ["".join(map(str, r)) for r in labels], "concat", True
+        labels = block_digits(traces, block)
+        return traces, labels, label_groups(labels), "concat", True
     if source in ("orbit", "orbit-states"):
         from memento.synthetic.orbit import with_note
         from memento.synthetic.tasks import held_out

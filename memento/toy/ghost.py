@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from memento.core.spans import Kind
+from memento.probe.audit import block_digits, label_groups
 from memento.probe.leakage import PAPER_PROBE, Leakage, ProbeConfig, leakage
 from memento.synthetic.digits import digits_traces
 from memento.toy.experiments import EVICT, RESTART, load
@@ -70,11 +71,6 @@ def traces(n: int, seed: int) -> list:
     return digits_traces(n, seed=seed, listed=0)
 
 
-def block_digits(batch: list, block: int = BLOCK) -> np.ndarray:
-    """(N, 5) the digits of block `block` of each trace: the probe's labels."""
-    return np.array([[int(c) for c in t.blocks[block].text] for t in batch])
-
-
 @torch.no_grad()
 def write_greedy(model, tokenizer, batch: list, policy=EVICT) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The traces of `batch` (one length) with every memento digit and answer token replaced by the model's greedy
@@ -111,9 +107,8 @@ def task_accuracy(model, tokenizer, batch: list, policy=EVICT, batch_size: int =
 
 def leak(model, tokenizer, batch: list, policy, config: ProbeConfig = PAPER_PROBE, mementos=MEMENTOS) -> Leakage:
     """The paper's probe of block `BLOCK`'s 5 digits at every layer and at `mementos` (0-based, from memento 1)."""
-    labels = block_digits(batch)
-    groups = ["".join(map(str, row)) for row in labels]  # label-unique: no passcode on both sides of the split
-    return leakage(model, tokenizer, batch, labels, policy, BLOCK, config, groups, "concat", mementos)
+    labels = block_digits(batch, BLOCK)
+    return leakage(model, tokenizer, batch, labels, policy, BLOCK, config, label_groups(labels), "concat", mementos)
 
 
 def checkpoint_step(folder: Path) -> int:
