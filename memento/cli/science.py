@@ -213,3 +213,7 @@ def audit(
             table.add_row(str(layer + 1), *(f"{100 * a:.1f}%" for a in leak.accuracy[layer]))
         out.print(table)
     out.print(f"report: {report}")
+
+
+# `memento probe`, the name ../shared/DESIGN.md's CLI contract gives the leakage probe: the same command as audit
+app.command("probe", help="The leakage probe (the same command as `memento audit`).")(audit)
