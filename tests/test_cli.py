@@ -81,19 +81,26 @@ def test_audit_cli(tmp_path):
     assert experiment["headline"][0]["peak_kv_tokens"] > 0
     model = experiment["model"]
     args = ("audit", "--model", str(model), "--task", "orbit", "--n", "60", "--out", str(tmp_path / "audit"))
-    result = json.loads(run(*args, "--json").stdout)
+    cost = ("--eval", "toy:orbit", "--eval-limit", "3", "--max-new-tokens", "48")
+    result = json.loads(run(*args, *cost, "--json").stdout)
     assert {"evict", "restart"} <= set(result) and result["block"] == 2 and result["n_traces"] == 60
+    paid = result["accuracy_cost"]
+    assert paid["task"] == "toy:orbit" and Path(paid["report"]).exists()
+    assert all(0 <= paid[m]["pass@1"] <= 1 and paid[m]["peak_kv_tokens"] > 0 for m in ("evict", "restart"))
+    assert paid["restart_minus_evict"]["pass@1"] == pytest.approx(paid["restart"]["pass@1"] - paid["evict"]["pass@1"])
     rows = result["evict"]["rows"]
     assert {r["role"] for r in rows} >= {"causal control", "direct", "masked +1"}
     assert len(rows) == 4 * 10 and all(0 <= r["accuracy"] <= 1 for r in rows)
     assert {r["layer"] for r in rows} == {1, 2, 3, 4}
     report = (tmp_path / "audit" / "audit.md").read_text()
     assert "| 3 | masked +1 |" in report and (tmp_path / "audit" / "audit_distance.png").stat().st_size > 0
+    assert "## What strict forgetting costs: toy:orbit, 3 problems, greedy" in report and "(eval/report.md)" in report
     for args, message in (
         (["--block", "0"], "error: --block 0: blocks count from 1"),
         (["--block", "10"], "error: --block 10: orbit's passcode goes into a round before the last one, blocks 2-9"),
         (["--task", "sums"], "error: --task sums: choose digits, orbit or orbit-states, or give --traces FILE"),
         (["--traces", "nope.jsonl"], "error: --traces nope.jsonl: no such file"),
+        (["--eval-limit", "0"], "error: --eval-limit 0: must be at least 1"),
     ):
         bad = run("audit", "--model", str(model), "--task", "orbit", *args, check=False)
         assert bad.returncode == 2 and bad.stderr.strip().startswith(message), bad.stderr

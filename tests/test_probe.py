@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from memento.core.chat import label_trace, memento_ids
+from memento.core.format import Trace
 from memento.core.policy import EvictionPolicy
 from memento.engine.reference import teacher_force
 from memento.probe.leakage import MEMENTO_KINDS, ProbeConfig, fit_probes, memento_features, split
@@ -17,6 +18,8 @@ from memento.synthetic.orbit import orbit_traces, with_note
 @pytest.mark.parametrize("policy", [EvictionPolicy(0, mask_delimiters=True), EvictionPolicy(0, restart=True)])
 def test_features_are_the_engines_cache(chars, char_llama, policy):
     traces = [with_note(t, 1, d) for d, t in enumerate(orbit_traces(3, seed=4, rounds=4, steps=3))]
+    # longest first: the features run shortest first, in batches of other traces, and come back in this order
+    traces = [Trace(t.problem + "x" * 3 * (2 - d), t.blocks, t.answer) for d, t in enumerate(traces)]
     features = memento_features(char_llama, chars, traces, policy, batch_size=2)
     assert features.shape == (3, 2, 5, 2 * 2 * 8)
     for i, trace in enumerate(traces):

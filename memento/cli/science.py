@@ -179,10 +179,24 @@ def audit(
             "(e.g. 'passcode'), as `memento generate --forget` serves them."
         ),
     ] = None,
+    eval_task: Annotated[
+        str | None,
+        typer.Option(
+            "--eval",
+            help="Also measure what restart (strict forgetting) costs in accuracy on this `memento eval` task "
+            "(e.g. toy:orbit, gym:basic_arithmetic), greedy, under eviction and under restart.",
+        ),
+    ] = None,
+    eval_limit: Annotated[int, typer.Option(help="Problems of --eval.")] = 64,
+    max_new_tokens: Annotated[int | None, typer.Option(help="--eval's token budget (default: the task's).")] = None,
+    precision: Annotated[
+        str, typer.Option(help="The model's dtype for the KV: auto (bf16 where it runs natively), bf16 or fp32.")
+    ] = "auto",
     out_dir: Annotated[Path, typer.Option("--out", help="Where audit.md, audit.json and the plots go.")] = Path(
         "audit-out"
     ),
     as_json: Annotated[bool, typer.Option("--json", help="Print every (layer, memento) result as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ):
     """Measure the ghost trace: how well the paper's MLP probe reads a passcode from memento KV once its block is
     evicted, next to restart mode (strict forgetting).
@@ -190,17 +204,29 @@ def audit(
     Per layer and per memento: causal control (before the passcode's block: must be at chance), direct, and masked
     +1, +2, ... (any signal above chance is leakage). Writes audit.md, audit.json and two plots to --out.
     """
+    from memento.cli import options
+    from memento.probe.audit import accuracy_cost, write
     from memento.probe.audit import audit as run_audit
-    from memento.probe.audit import write
 
     source = str(traces) if traces is not None else task
     if traces is None and task not in ("digits", "orbit", "orbit-states"):
         from memento.core.errors import MementoError
 
         raise MementoError(f"--task {task}: choose digits, orbit or orbit-states, or give --traces FILE")
-    with err.status(f"probing {model} ({source}, {n} traces)"):
-        result = run_audit(model, source, n, block - 1, seed, mask_delimiters, forget=forget)
-        report = write(result, out_dir)
+    options.check(
+        options.at_least("--eval-limit", eval_limit, 1), options.at_least("--max-new-tokens", max_new_tokens, 1)
+    )
+    bars = progress(quiet)
+    if bars:
+        err.print(f"probing {model} ({source}, {n} traces)")
+    result = run_audit(
+        model, source, n, block - 1, seed, mask_delimiters, forget=forget, precision=precision, progress=bars
+    )
+    if eval_task is not None:
+        if bars:
+            err.print(f"what restart costs on {eval_task} ({eval_limit} problems)")
+        result = accuracy_cost(result, eval_task, out_dir / "eval", eval_limit, max_new_tokens, bars)
+    report = write(result, out_dir)
     if as_json:
         out.print_json(json.dumps(result.to_json()))
         return

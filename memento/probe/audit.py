@@ -31,6 +31,7 @@ import torch
 from memento.core.errors import MementoError
 from memento.core.format import Trace
 from memento.core.policy import EvictionPolicy, forget_pattern
+from memento.core.precision import resolve
 from memento.probe.leakage import PAPER_PROBE, Leakage, ProbeConfig, inject, leakage
 
 TEMPLATE = "The passcode is {code}. "
@@ -44,6 +45,8 @@ class Audit(NamedTuple):
     n: int
     block: int  # 0-based
     forget: str | None = None  # the regex of mode "forget" (selective strict forgetting)
+    delimiters: bool = True  # the policy's mask_delimiters
+    cost: dict | None = None  # restart's accuracy cost on an eval task (`accuracy_cost`)
 
     def to_json(self) -> dict:
         return {
@@ -53,6 +56,8 @@ class Audit(NamedTuple):
             "block": self.block + 1,
             "chance": 0.1,
             "forget": self.forget,
+            "mask_delimiters": self.delimiters,
+            "accuracy_cost": self.cost,
             **{mode: {"n_test": leak.n_test, "rows": leak.table()} for mode, leak in self.results.items()},
         }
 
@@ -120,11 +125,14 @@ def audit(
     mask_delimiters: bool | None = None,
     config: ProbeConfig = PAPER_PROBE,
     forget: str | None = None,
+    precision: str = "auto",
+    progress: bool = False,
 ) -> Audit:
     """The probe on a model folder for `source` (digits | orbit | a traces file), with normal eviction (keep 0) and
     with restart, and with selective strict forgetting of the blocks whose text matches the regex `forget` (mode
     "forget"). `mask_delimiters` defaults to the toy's policy (True) for toy tasks and to the paper's Qwen3 setting
-    (False) for trace files."""
+    (False) for trace files. `precision` (auto | bf16 | fp32): the model's dtype for the forward that gives the KV
+    (`memento.core.precision`: auto is bf16 only where the CPU or GPU runs it natively)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from memento.core.chat import memento_ids
@@ -136,7 +144,9 @@ def audit(
         raise MementoError(f"--block {block + 1}: blocks count from 1")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     memento_ids(tokenizer)  # a clear error with the fix when the Memento tokens are missing
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = resolve(precision, device).dtype
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     pattern = None if forget is None else forget_pattern(forget, "--forget")
     traces, labels, groups, pool, toy = marked_traces(source, n, block, seed)
     delimiters = toy if mask_delimiters is None else mask_delimiters
@@ -157,10 +167,42 @@ def audit(
             groups,
             pool,
             forget=flagged,
+            progress=f"KV, {mode}" if progress else None,
         )
         for mode, (restart, flagged) in modes.items()
     }
-    return Audit(source, str(folder), results, len(traces), block, forget)
+    return Audit(source, str(folder), results, len(traces), block, forget, delimiters)
+
+
+def accuracy_cost(
+    result: Audit, task: str, out: Path, limit: int = 64, max_new_tokens: int | None = None, progress: bool = False
+) -> Audit:
+    """`result` with what strict forgetting costs in accuracy: `memento eval` of its model on `task` (any task name
+    `memento eval` takes), the first `limit` problems decoded greedily under eviction (keep 0, the audit's
+    delimiter setting) and under restart mode, on the same problems and seeds. The runs (resumable) and their
+    report go to `out`."""
+    from dataclasses import asdict
+
+    from memento.eval.report import RunSpec, run_all
+
+    base = EvictionPolicy(0, mask_delimiters=result.delimiters)
+    runs = [
+        RunSpec("evict", str(Path(result.model).resolve()), asdict(base)),
+        RunSpec("restart", str(Path(result.model).resolve()), asdict(replace(base, restart=True))),
+    ]
+    common = {"protocol": "", "max_new_tokens": max_new_tokens}
+    summary = run_all(runs, [task], out, common, limit, progress=progress)
+    by_run = {s["run"]: s for s in summary["summaries"]}
+    keys = ("pass@1", "pass@1_ci95", "samples", "peak_kv_tokens")
+    cost = {
+        "task": task,
+        "problems": limit,
+        "report": str(out / "report.md"),
+        **{name: {k: by_run[name].get(k) for k in keys} for name in ("evict", "restart")},
+    }
+    for d in summary["differences"]:
+        cost["restart_minus_evict"] = {"pass@1": d["pass@1_delta"], "ci95": d["pass@1_delta_ci95"]}
+    return result._replace(cost=cost)
 
 
 def plot(result: Audit, path_layers: Path, path_distance: Path) -> tuple[Path, Path]:
@@ -229,6 +271,31 @@ def write(result: Audit, out: Path) -> Path:
     if b + 1 < evict.accuracy.shape[1]:
         for layer in range(evict.accuracy.shape[0]):
             lines.append(f"| {layer + 1} | " + " | ".join(cell(leak, layer, b + 1) for leak in modes) + " |")
+    if result.cost is not None:
+        c = result.cost
+        report = Path(c["report"])
+        link = report.relative_to(out) if report.is_relative_to(out) else report
+
+        def acc(name: str) -> str:
+            lo, hi = c[name]["pass@1_ci95"]
+            return f"{100 * c[name]['pass@1']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+        lines += [
+            "",
+            f"## What strict forgetting costs: {c['task']}, {c['problems']} problems, greedy",
+            "",
+            "| decoding | pass@1 | mean peak KV (tokens) |",
+            "|---|---|---|",
+            *(f"| {name} | {acc(name)} | {c[name]['peak_kv_tokens']:.0f} |" for name in ("evict", "restart")),
+        ]
+        if "restart_minus_evict" in c:
+            d = c["restart_minus_evict"]
+            lo, hi = d["ci95"]
+            lines += [
+                "",
+                f"Restart minus eviction: {100 * d['pass@1']:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}] (paired).",
+            ]
+        lines += ["", f"The runs: [{link}]({link})."]
     lines += ["", "![by layer](audit_layers.png)", "![by distance](audit_distance.png)", ""]
     path = out / "audit.md"
     path.write_text("\n".join(lines))

@@ -38,6 +38,7 @@ from memento.train.dataset import Collator, build_examples
 from memento.train.masks import model_mask
 
 MEMENTO_KINDS = (Kind.SUMMARY_START, Kind.SUMMARY, Kind.SUMMARY_END)
+MASK_CELLS = 64 * 1024**2  # the most cells of the dense (B, 1, T, T) mask in one forward
 
 
 @torch.no_grad()
@@ -51,6 +52,7 @@ def memento_features(
     mementos: list[int] | None = None,
     layers: list[int] | None = None,
     forget: list[set[int]] | None = None,
+    progress: str | None = None,
 ):
     """(N, layers, mementos, F) float32: per trace, layer and memento (0-based; all, or those given), the K and V of
     the memento's tokens as the engine holds them under `policy`. Every trace needs the same number of blocks.
@@ -58,7 +60,11 @@ def memento_features(
     `pool="mean"`: the mean K and V over the memento's tokens, F = 2 x kv_heads x head_dim (any memento length);
     `pool="concat"`: the paper's features, K and V of every memento token concatenated, F = tokens x 2 x kv_heads x
     head_dim (every memento j must have the same number of tokens in every trace). `forget`: per trace, the blocks
-    (0-based) forgotten strictly (selective strict forgetting; the engines' `forget`)."""
+    (0-based) forgotten strictly (selective strict forgetting; the engines' `forget`).
+
+    Traces run shortest first, at most `batch_size` at a time and fewer for long ones (the dense mask is
+    (B, 1, T, T): B x T^2 stays under `MASK_CELLS`); the model runs in its own dtype (e.g. bf16), the features come
+    back float32 in the traces' order. `progress`: a progress bar's label (None: no bar)."""
     if pool not in ("mean", "concat"):
         raise MementoError(f"pool must be mean or concat, got {pool!r}")
     examples, _ = build_examples(traces, tokenizer, max_length=10**9)
@@ -70,10 +76,19 @@ def memento_features(
     collate = Collator(tokenizer.pad_token_id or 0, policy)
     device = next(model.parameters()).device
     model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+    chunks, start = [], 0
+    while start < len(order):
+        longest = len(examples[order[min(start + batch_size, len(order)) - 1]])
+        size = max(1, min(batch_size, MASK_CELLS // longest**2))
+        chunks.append(order[start : start + size])
+        start += size
     out = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        batch = collate(chunk) if forget is None else collate(chunk, forget=forget[start : start + batch_size])
+    from tqdm.auto import tqdm
+
+    for rows in tqdm(chunks, desc=progress, disable=progress is None, unit="batch", dynamic_ncols=True):
+        chunk = [examples[i] for i in rows]
+        batch = collate(chunk) if forget is None else collate(chunk, forget=[forget[i] for i in rows])
         redo = batch["redo"].to(device) if "redo" in batch else None
         mask = model_mask(model, batch["schedule"].to(device), batch["pad"].to(device), policy.restart, redo)
         result = model(
@@ -102,7 +117,8 @@ def memento_features(
             rows = torch.arange(len(chunk), device=device)[:, None, None]
             per_layer = [layer.float().transpose(1, 2)[rows, t].flatten(2) for layer in kv]  # (B, M, K x 2H x D)
         out.append(torch.stack(per_layer, dim=1).cpu())  # (B, L, M, F)
-    return torch.cat(out).numpy()
+    features = torch.cat(out)[torch.from_numpy(np.argsort(np.concatenate(chunks)))]  # back to the traces' order
+    return features.numpy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,15 +254,14 @@ def leakage(
     mementos: list[int] | None = None,
     forget: list[set[int]] | None = None,
     layers: list[int] | None = None,
+    progress: str | None = None,
 ) -> Leakage:
     """Probe every layer and memento (all, or `mementos`: 0-based, counted from memento 1) of `traces`, whose block
     `block` holds what `labels` say ((N,) or (N, digits) ints). `groups` (default: the problem) stay on one side of
     the probe's train/test split: a probe cannot score by recognising a problem it was trained on with its label.
     `forget`: per trace, the blocks forgotten strictly (selective strict forgetting); `layers`: 0-based, all if None
-    (the result's rows are then these layers, in order)."""
-    longest = max(len(t.problem) + len(t.response) for t in traces)  # characters: a bound on tokens
-    batch = 64 if longest <= 1024 else max(1, 64 * 1024**2 // longest**2)  # the dense mask is (B, 1, T, T)
-    features = memento_features(model, tokenizer, traces, policy, batch, pool, mementos, layers, forget)
+    (the result's rows are then these layers, in order); `progress`: a progress bar's label (None: no bar)."""
+    features = memento_features(model, tokenizer, traces, policy, 64, pool, mementos, layers, forget, progress)
     groups = [t.problem for t in traces] if groups is None else groups
     correct, n_test = fit_probes(features, np.asarray(labels), config, groups=groups)
     return Leakage(block, correct / n_test, correct, n_test, 1 / 10)
