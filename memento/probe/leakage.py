@@ -96,6 +96,7 @@ def memento_features(
             attention_mask=mask,
             position_ids=batch["position_ids"].to(device),
             use_cache=True,
+            logits_to_keep=1,  # no (B, T, vocab) logits: only the cache is read
         )
         kv = [torch.cat([layer.keys, layer.values], dim=1) for layer in result.past_key_values.layers]  # (B, 2H, T, D)
         if layers is not None:
