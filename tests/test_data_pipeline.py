@@ -95,7 +95,8 @@ def test_seed_filters_and_the_full_rows_extras(tmp_path, shared_examples):
     full = json.loads((tmp_path / "out" / "openmementos-full.jsonl").read_text())
     assert len(full["boundary_scores"]) == len(full["sentences"]) - 1
     assert len(full["judge_rounds"]) == len(full["blocks"])
-    assert all(r and {"memento", "score", "feedback"} <= set(r[0]) for r in full["judge_rounds"])
+    assert all(r and {"memento", "score", "parts", "feedback"} <= set(r[0]) for r in full["judge_rounds"])
+    assert all(v["parts"] and sum(v["parts"].values()) >= v["score"] - 0.01 for r in full["judge_rounds"] for v in r)
     for memento, verdicts in zip(full["block_summaries"], full["judge_rounds"], strict=True):  # the best one is kept
         assert memento in [v["memento"] for v in verdicts if v["score"] == max(x["score"] for x in verdicts)]
     lean = json.loads((tmp_path / "out" / "openmementos.jsonl").read_text())

@@ -18,6 +18,7 @@ LAYERS = (  # lowest first
     ("core",),  # contracts: format, spans, policy, kv, masks, precision, errors (nothing else of memento)
     ("assets",),  # offline tokenizer/model files, built once
     ("tokenizer", "synthetic"),  # Memento tokens on any HF tokenizer; the toy tasks' trace generators
+    ("view",),  # the HTML trace viewer: the reports of data and eval write its pages
     ("data", "train", "engine"),  # the working parts (engine includes the vLLM extension)
     ("eval", "probe"),  # measuring: accuracy + KV, leakage
     ("rl",),  # block-masked RL: rollouts from the engines, rewards from eval's checkers

@@ -5,7 +5,7 @@ order `memento --help` lists them (the path from traces to a served, evaluated m
 """
 
 # isort: off
-from memento.cli import traces, data, train, rl, generate, serve, evaluate, bench, science  # noqa: F401
+from memento.cli import traces, view, data, train, rl, generate, serve, evaluate, bench, science  # noqa: F401
 from memento.cli.app import app
 
 # isort: on

@@ -205,8 +205,9 @@ def audit(
     +1, +2, ... (any signal above chance is leakage). Writes audit.md, audit.json and two plots to --out.
     """
     from memento.cli import options
-    from memento.probe.audit import accuracy_cost, write
+    from memento.eval.report import restart_cost
     from memento.probe.audit import audit as run_audit
+    from memento.probe.audit import write
 
     source = str(traces) if traces is not None else task
     if traces is None and task not in ("digits", "orbit", "orbit-states"):
@@ -225,7 +226,8 @@ def audit(
     if eval_task is not None:
         if bars:
             err.print(f"what restart costs on {eval_task} ({eval_limit} problems)")
-        result = accuracy_cost(result, eval_task, out_dir / "eval", eval_limit, max_new_tokens, bars)
+        cost = restart_cost(model, result.delimiters, eval_task, out_dir / "eval", eval_limit, max_new_tokens, bars)
+        result = result._replace(cost=cost)
     report = write(result, out_dir)
     if as_json:
         out.print_json(json.dumps(result.to_json()))

@@ -190,8 +190,10 @@ class Stages:
 
 
 def _judged(memento: str, verdict) -> dict:
-    """One verdict as kept in `full` rows: the memento judged, its score and the judge's feedback."""
-    return {"memento": memento, "score": float(verdict.score), "feedback": verdict.feedback}
+    """One verdict as kept in `full` rows: the memento judged, its score, its points per rubric dimension and the
+    judge's feedback."""
+    parts = {k: float(v) for k, v in verdict.parts.items()}
+    return {"memento": memento, "score": float(verdict.score), "parts": parts, "feedback": verdict.feedback}
 
 
 class Dropped(Exception):

@@ -134,8 +134,44 @@ def write_report(out: Path, records: list[dict], config, counted_with: str) -> d
         "",
     ]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
+    lines += _view(out, records, counted_with)
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return stats
+
+
+def _view(out: Path, records: list[dict], counted_with: str, listed: int = 10) -> list[str]:
+    """Write `view.html` (the built traces in the trace viewer) and the report's lines that link to it: the
+    mementos that still fail the judge, lowest score first."""
+    from memento.view import items, page
+
+    made = [
+        it for r in records if (it := items.item(r, f"{out / 'journal.jsonl'}: trace {r['id']}", None, counted_with))
+    ]
+    if not made:
+        return []
+    made = items.unique(made)
+    page.write(made[: page.REPORT_LIMIT], out / "view.html", "memento data build")
+    held = "" if len(made) <= page.REPORT_LIMIT else f" (the first {page.REPORT_LIMIT} of {len(made)})"
+    failing = sorted(
+        (v["score"], it.entry["id"], i, " ".join(v.get("feedback", "").split())[:160])
+        for it in made[: page.REPORT_LIMIT]
+        for i, block in enumerate(it.body["blocks"])
+        for v in block.get("judge", [])
+        if v.get("kept") and v["score"] < PASS
+    )
+    lines = ["", "## Traces", "", f"Every trace{held} in the trace viewer: [view.html](view.html)."]
+    if failing:
+        lines += [
+            "",
+            f"Mementos that fail the judge after the last round (lowest first, {min(listed, len(failing))} "
+            f"of {len(failing)}):",
+            "",
+        ]
+        lines += [
+            f"- [{key}]({page.link('view.html', key)}), memento {i + 1}: {score:g}/10" + (f": {note}" if note else "")
+            for score, key, i, note in failing[:listed]
+        ]
+    return lines
 
 
 def _plots(out: Path, ok: list[dict]) -> list[Path]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -151,8 +151,33 @@ def run_all(
     if any(s.get("maj@k_curve") for s in summaries.values()):
         result["plots"]["majority"] = plot_majority(result, out / "majority.png")
     (out / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "report.md").write_text(report(result))
+    (out / "report.md").write_text(report(result) + "\n".join(write_view(out, records)))
     return result
+
+
+def write_view(out: Path, records: dict, listed: int = 5) -> list[str]:
+    """Write `view.html` (every sample of the call in the trace viewer) and the report's lines that link to it: the
+    first samples of each run and task whose answer is wrong or missing."""
+    from memento.view import items, page
+
+    made, wrong = [], {}
+    for (name, task), group in records.items():
+        for r in group:
+            it = items.item({**r, "run": name, "task": task}, str(out / name / slug(task) / "results.jsonl"))
+            it.entry["id"] = f"{name}/{slug(task)}/{it.entry['id']}"  # run/task/problem#sample
+            made.append(it)
+            if r["outcome"] != "correct":
+                wrong.setdefault((name, task), []).append(it)
+    page.write(items.unique(made)[: page.REPORT_LIMIT], out / "view.html", "memento eval")
+    held = "" if len(made) <= page.REPORT_LIMIT else f" (the first {page.REPORT_LIMIT} of {len(made)})"
+    lines = ["", "## Samples", "", f"Every sample{held} in the trace viewer: [view.html](view.html)."]
+    for (name, task), its in wrong.items():
+        lines += ["", f"{name}, {task}: {len(its)} sample(s) not correct; the first {min(listed, len(its))}:", ""]
+        lines += [
+            f"- [{it.entry['title']}]({page.link('view.html', it.entry['id'])}): {it.entry['outcome']}"
+            for it in its[:listed]
+        ]
+    return [*lines, ""]
 
 
 def differences(runs: list[RunSpec], tasks: list[str], summaries: dict, records: dict) -> list[dict]:
@@ -499,3 +524,29 @@ def report(result: dict) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def restart_cost(
+    model: str | Path,
+    mask_delimiters: bool,
+    task: str,
+    out: Path,
+    limit: int = 64,
+    max_new_tokens: int | None = None,
+    progress: bool = False,
+) -> dict:
+    """What restart mode (strict forgetting) costs in accuracy: `model` on `task`'s first `limit` problems, greedy,
+    under eviction (keep 0) and under restart, same problems and seeds (`memento audit --eval`). The runs
+    (resumable) and their report go to `out`; returns pass@1 with its interval and the mean peak KV per mode, and
+    restart minus eviction (paired)."""
+    base = EvictionPolicy(0, mask_delimiters=mask_delimiters)
+    folder = str(Path(model).resolve())
+    runs = [RunSpec("evict", folder, asdict(base)), RunSpec("restart", folder, asdict(replace(base, restart=True)))]
+    summary = run_all(runs, [task], out, {"protocol": "", "max_new_tokens": max_new_tokens}, limit, progress=progress)
+    by_run = {s["run"]: s for s in summary["summaries"]}
+    keys = ("pass@1", "pass@1_ci95", "samples", "peak_kv_tokens")
+    cost = {"task": task, "problems": limit, "report": str(out / "report.md")}
+    cost |= {name: {k: by_run[name].get(k) for k in keys} for name in ("evict", "restart")}
+    for d in summary["differences"]:
+        cost["restart_minus_evict"] = {"pass@1": d["pass@1_delta"], "ci95": d["pass@1_delta_ci95"]}
+    return cost

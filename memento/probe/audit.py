@@ -46,7 +46,7 @@ class Audit(NamedTuple):
     block: int  # 0-based
     forget: str | None = None  # the regex of mode "forget" (selective strict forgetting)
     delimiters: bool = True  # the policy's mask_delimiters
-    cost: dict | None = None  # restart's accuracy cost on an eval task (`accuracy_cost`)
+    cost: dict | None = None  # what restart costs on an eval task (`memento.eval.report.restart_cost`)
 
     def to_json(self) -> dict:
         return {
@@ -172,37 +172,6 @@ def audit(
         for mode, (restart, flagged) in modes.items()
     }
     return Audit(source, str(folder), results, len(traces), block, forget, delimiters)
-
-
-def accuracy_cost(
-    result: Audit, task: str, out: Path, limit: int = 64, max_new_tokens: int | None = None, progress: bool = False
-) -> Audit:
-    """`result` with what strict forgetting costs in accuracy: `memento eval` of its model on `task` (any task name
-    `memento eval` takes), the first `limit` problems decoded greedily under eviction (keep 0, the audit's
-    delimiter setting) and under restart mode, on the same problems and seeds. The runs (resumable) and their
-    report go to `out`."""
-    from dataclasses import asdict
-
-    from memento.eval.report import RunSpec, run_all
-
-    base = EvictionPolicy(0, mask_delimiters=result.delimiters)
-    runs = [
-        RunSpec("evict", str(Path(result.model).resolve()), asdict(base)),
-        RunSpec("restart", str(Path(result.model).resolve()), asdict(replace(base, restart=True))),
-    ]
-    common = {"protocol": "", "max_new_tokens": max_new_tokens}
-    summary = run_all(runs, [task], out, common, limit, progress=progress)
-    by_run = {s["run"]: s for s in summary["summaries"]}
-    keys = ("pass@1", "pass@1_ci95", "samples", "peak_kv_tokens")
-    cost = {
-        "task": task,
-        "problems": limit,
-        "report": str(out / "report.md"),
-        **{name: {k: by_run[name].get(k) for k in keys} for name in ("evict", "restart")},
-    }
-    for d in summary["differences"]:
-        cost["restart_minus_evict"] = {"pass@1": d["pass@1_delta"], "ci95": d["pass@1_delta_ci95"]}
-    return result._replace(cost=cost)
 
 
 def plot(result: Audit, path_layers: Path, path_distance: Path) -> tuple[Path, Path]:
