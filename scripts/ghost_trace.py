@@ -2,6 +2,7 @@
 
     memento train --recipe recipes/toy-digits.yaml      # ~55 min on one core; a checkpoint every 100 steps
     python scripts/ghost_trace.py --run runs/toy-digits --final STEP [--along STEP,STEP,...]
+    python scripts/ghost_trace.py --by-size 2000,8000,20000,50000   # last layer, the paper's 50K traces at most
 
 `--final` names the checkpoint Figure 13's first two panels probe (the first past 90% task accuracy); `--along`
 the checkpoints of the third (leakage vs task accuracy). Without `--run`, the checkpoints shipped in
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20, help="probe training epochs")
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--by-size", default="", help="only the probe at the last layer on a,b,c traces")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
@@ -45,8 +47,12 @@ def main() -> None:
         final = SHIPPED / "digits"
         along = sorted(SHIPPED.glob("digits-step*"))
     config = replace(ghost.PAPER_PROBE, epochs=args.epochs)
-    results = ghost.run(final, along, n=args.n, n_along=args.n_along, config=config)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.by_size:
+        results = ghost.by_size(final, [int(n) for n in args.by_size.split(",")], config)
+        (args.out / "ghost-trace-by-size.json").write_text(json.dumps(results, indent=1))
+        return
+    results = ghost.run(final, along, n=args.n, n_along=args.n_along, config=config)
     (args.out / "ghost-trace.json").write_text(json.dumps(results, indent=1))
     print(ghost.plot(results, args.out / "ghost-trace.png"))
 

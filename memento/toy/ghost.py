@@ -29,7 +29,7 @@ import torch
 
 from memento.core.spans import Kind
 from memento.probe.audit import block_digits, label_groups
-from memento.probe.leakage import PAPER_PROBE, Leakage, ProbeConfig, leakage
+from memento.probe.leakage import PAPER_PROBE, Leakage, ProbeConfig, fit_probes, leakage, memento_features
 from memento.synthetic.digits import digits_traces
 from memento.toy.experiments import EVICT, RESTART, load
 from memento.train.dataset import Collator, build_examples
@@ -147,6 +147,26 @@ def run(
         log.info("step %d: %s, masked +1 %s", checkpoint_step(folder), accuracy, leakage.accuracy[:, 2])
     results["seconds"] = time.perf_counter() - started
     return results
+
+
+def by_size(final: Path, sizes: list[int], config: ProbeConfig = PAPER_PROBE) -> dict:
+    """The probe at the last layer on more and more traces, up to the paper's 50K: does a weak masked trace only
+    need more data to show? Memento 1-3 (control, direct, masked +1), eviction and restart, each size a prefix of
+    the same traces (features computed once per mode)."""
+    model, tokenizer = load(final)
+    last = model.config.num_hidden_layers - 1
+    batch = traces(max(sizes), PROBE_SEED)
+    labels = block_digits(batch, BLOCK)
+    out = {"model": str(final), "layer": last + 1, "sizes": sizes, "probe": {}}
+    for mode, policy in (("evict", EVICT), ("restart", RESTART)):
+        features = memento_features(model, tokenizer, batch, policy, 256, "concat", [0, 1, 2], [last])
+        out["probe"][mode] = []
+        for n in sizes:
+            correct, n_test = fit_probes(features[:n], labels[:n], config, label_groups(labels[:n]))
+            leak = Leakage(BLOCK, correct / n_test, correct, n_test, 1 / 10)
+            out["probe"][mode].append({"n": n, "n_test": n_test, "rows": leak.table()})
+            log.info("%s, %d traces: %s", mode, n, np.round(100 * leak.accuracy[0], 1))
+    return out
 
 
 def _rows(rows: list[dict], role: str) -> list[dict]:
