@@ -263,7 +263,11 @@ def leakage(
     `forget`: per trace, the blocks forgotten strictly (selective strict forgetting); `layers`: 0-based, all if None
     (the result's rows are then these layers, in order); `progress`: a progress bar's label (None: no bar)."""
     features = memento_features(model, tokenizer, traces, policy, 64, pool, mementos, layers, forget, progress)
-    groups = [t.problem for t in traces] if groups is None else groups
+    return probe(features, labels, block, config, [t.problem for t in traces] if groups is None else groups)
+
+
+def probe(features: np.ndarray, labels, block: int, config: ProbeConfig = ProbeConfig(), groups=None) -> Leakage:
+    """The probes of `fit_probes` on `memento_features` (N, layers, mementos, F), as a `Leakage` for block `block`."""
     correct, n_test = fit_probes(features, np.asarray(labels), config, groups=groups)
     return Leakage(block, correct / n_test, correct, n_test, 1 / 10)
 

@@ -29,7 +29,7 @@ import torch
 
 from memento.core.spans import Kind
 from memento.probe.audit import block_digits, label_groups
-from memento.probe.leakage import PAPER_PROBE, Leakage, ProbeConfig, fit_probes, leakage, memento_features
+from memento.probe.leakage import PAPER_PROBE, Leakage, ProbeConfig, leakage, memento_features, probe
 from memento.synthetic.digits import digits_traces
 from memento.toy.experiments import EVICT, RESTART, load
 from memento.train.dataset import Collator, build_examples
@@ -162,9 +162,8 @@ def by_size(final: Path, sizes: list[int], config: ProbeConfig = PAPER_PROBE) ->
         features = memento_features(model, tokenizer, batch, policy, 256, "concat", [0, 1, 2], [last])
         out["probe"][mode] = []
         for n in sizes:
-            correct, n_test = fit_probes(features[:n], labels[:n], config, label_groups(labels[:n]))
-            leak = Leakage(BLOCK, correct / n_test, correct, n_test, 1 / 10)
-            out["probe"][mode].append({"n": n, "n_test": n_test, "rows": leak.table()})
+            leak = probe(features[:n], labels[:n], BLOCK, config, label_groups(labels[:n]))
+            out["probe"][mode].append({"n": n, "n_test": leak.n_test, "rows": leak.table()})
             log.info("%s, %d traces: %s", mode, n, np.round(100 * leak.accuracy[0], 1))
     return out
 
