@@ -545,7 +545,7 @@ def restart_cost(
     summary = run_all(runs, [task], out, {"protocol": "", "max_new_tokens": max_new_tokens}, limit, progress=progress)
     by_run = {s["run"]: s for s in summary["summaries"]}
     keys = ("pass@1", "pass@1_ci95", "samples", "peak_kv_tokens")
-    cost = {"task": task, "problems": limit, "report": str(out / "report.md")}
+    cost = {"task": task, "problems": by_run["evict"]["problems"], "report": str(out / "report.md")}
     cost |= {name: {k: by_run[name].get(k) for k in keys} for name in ("evict", "restart")}
     for d in summary["differences"]:
         cost["restart_minus_evict"] = {"pass@1": d["pass@1_delta"], "ci95": d["pass@1_delta_ci95"]}
